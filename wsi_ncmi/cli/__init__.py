@@ -1,0 +1,18 @@
+"""The ``wsi-ncmi`` command line: parses options and calls the library.
+
+Each command lives in its own module here and imports heavy libraries (torch, timm) only inside
+the command function, so ``--help`` and ``tile`` start fast.
+"""
+
+import typer
+
+app = typer.Typer(
+    name="wsi-ncmi",
+    help="Whole-slide images → slide-level subtype predictions "
+    "(tile → extract → train → eval; predict for new slides).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
