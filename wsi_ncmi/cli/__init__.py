@@ -15,4 +15,4 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-
+from . import tile  # noqa: E402,F401  (each import registers a command)

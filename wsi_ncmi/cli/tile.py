@@ -1,0 +1,81 @@
+"""``wsi-ncmi tile``: slides → tile coordinates, previews and tissue polygons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app
+from .common import fail, finish_batch, setup_logging
+
+
+@app.command()
+def tile(
+    inputs: Annotated[list[str] | None, typer.Argument(
+        help="Slide files, folders (searched recursively) or glob patterns.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Workspace folder; writes tiles/, "
+                                      "previews/, tissue/, ledger/.")] = Path("workspace"),
+    mpp: Annotated[float, typer.Option(help="Target resolution of tiles, µm/px.")] = 0.5,
+    tile_size: Annotated[int, typer.Option(help="Tile side, px at the target µm/px.")] = 256,
+    overlap: Annotated[int, typer.Option(help="Overlap of adjacent tiles, px at the "
+                                         "target µm/px.")] = 0,
+    min_tissue: Annotated[float, typer.Option(help="Minimum tissue fraction of a kept tile "
+                                              "(0–1, share of its area).")] = 0.25,
+    level_tolerance: Annotated[float, typer.Option(help="Relative µm/px difference within "
+                                                   "which a pyramid level is read as is "
+                                                   "(0.05 = 5 %).")] = 0.05,
+    seg_mpp: Annotated[float, typer.Option(help="Resolution of the overview used for tissue "
+                                           "segmentation, µm/px.")] = 8.0,
+    fallback_mpp: Annotated[float | None, typer.Option(
+        help="Level-0 µm/px for slides whose metadata has none (used only for those).")] = None,
+    manifest: Annotated[Path | None, typer.Option(
+        help="CSV with slide_id, path (relative to --slide-root) and optional mpp (µm/px).")
+    ] = None,
+    slide_root: Annotated[Path | None, typer.Option(
+        help="Folder the manifest's paths are relative to (default: the manifest's folder).")
+    ] = None,
+    shard: Annotated[str | None, typer.Option(
+        help="Process only shard I of N (I/N, 0-based), partitioned by slide id.")] = None,
+    verbose: Annotated[bool, typer.Option(help="Debug logging (tracebacks of failures).")] = False,
+) -> None:
+    """Find tissue and lay a tile grid at a true µm/px; one HDF5 per slide."""
+    from ..batch import discover, jobs_from_manifest, jobs_from_paths
+    from ..errors import InputError
+    from ..provenance import write_record
+    from ..tiling import TileConfig, outputs_for, tile_batch
+    from ..tissue import TissueSettings
+
+    setup_logging(verbose)
+    try:
+        if manifest is not None:
+            jobs = jobs_from_manifest(manifest, slide_root)
+        elif inputs:
+            jobs = jobs_from_paths(discover(inputs))
+        else:
+            raise InputError("give slide files, folders or globs, or --manifest")
+        if not jobs:
+            raise InputError(f"no slides found in {' '.join(inputs or [])}")
+        config = TileConfig(mpp=mpp, tile_size=tile_size, overlap=overlap,
+                            min_tissue=min_tissue, level_tolerance=level_tolerance,
+                            fallback_mpp=fallback_mpp, tissue=TissueSettings(seg_mpp=seg_mpp))
+        summary = tile_batch(jobs, out, config, shard)
+    except InputError as exc:
+        fail(exc)
+    complete = set(summary.done) | set(summary.skipped)
+    produced = [p for sid in sorted(complete) for p in outputs_for(out, sid).values()]
+    write_record(out / "provenance", command="tile", config=_config_dict(config, shard),
+                 inputs=[j.path for j in jobs if j.slide_id in complete],
+                 outputs=produced, name=f"tile-{_shard_tag(shard)}.json")
+    finish_batch(summary)
+
+
+def _config_dict(config, shard) -> dict:
+    from dataclasses import asdict
+
+    return {**asdict(config), "shard": shard}
+
+
+def _shard_tag(shard: str | None) -> str:
+    return "all" if shard is None else shard.replace("/", "of")
