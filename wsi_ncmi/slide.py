@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .errors import SlideError
 
 # A µm/px outside this range is a unit mistake (e.g. a resolution tag in dpi with no unit),
@@ -130,6 +132,16 @@ def openslide_library_version() -> str:
     import openslide
 
     return str(getattr(openslide, "__library_version__", "unknown"))
+
+
+def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """Composite OpenSlide's (non-premultiplied) RGBA onto white: transparent = background."""
+    rgb = rgba[..., :3]
+    alpha = rgba[..., 3:4]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    out = rgb.astype(np.uint16) * alpha // 255 + (255 - alpha.astype(np.uint16))
+    return out.astype(np.uint8)
 
 
 def _positive_pair(a: str, b: str) -> tuple[float, float] | None:

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from .errors import SlideError
-from .slide import SlideInfo
+from .slide import SlideInfo, rgba_to_rgb
 
 # Bytes of RGBA read per OpenSlide call while building the overview (bounded memory).
 _BAND_BYTES = 64 * 2**20
@@ -167,15 +167,5 @@ def _read(slide, info: SlideInfo, location, level, size) -> np.ndarray:
             f"{info.path}: unreadable at level {level} ({' '.join(str(exc).split())}); "
             "the file may be truncated or corrupt"
         ) from None
-    return _rgba_to_rgb(rgba)
-
-
-def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
-    """Composite OpenSlide's (non-premultiplied) RGBA onto white: transparent = background."""
-    rgb = rgba[..., :3]
-    alpha = rgba[..., 3:4]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(rgb)
-    out = rgb.astype(np.uint16) * alpha // 255 + (255 - alpha.astype(np.uint16))
-    return out.astype(np.uint8)
+    return rgba_to_rgb(rgba)
 

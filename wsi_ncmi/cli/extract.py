@@ -1,0 +1,83 @@
+"""``wsi-ncmi extract``: tiles → frozen-encoder features in HDF5."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app
+from .common import fail, finish_batch, setup_logging
+
+
+@app.command()
+def extract(
+    inputs: Annotated[list[str] | None, typer.Argument(
+        help="Slide files, folders (searched recursively) or glob patterns.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Workspace folder holding tiles/; "
+                                      "writes features/<encoder>/.")] = Path("workspace"),
+    encoder: Annotated[str, typer.Option(help="resnet50_trunc | uni | a timm model name | "
+                                         "hf-hub:<org>/<repo>.")] = "resnet50_trunc",
+    weights: Annotated[Path | None, typer.Option(
+        help="Encoder weights: .safetensors or a PyTorch state dict (loaded weights_only).")
+    ] = None,
+    random_weights: Annotated[bool, typer.Option(
+        help="Use random weights (for tests only; flagged in every feature file).")] = False,
+    download: Annotated[bool, typer.Option(
+        help="Allow fetching hub weights over the network (default: local cache only).")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Tiles per forward pass (count).")] = 64,
+    workers: Annotated[int | None, typer.Option(
+        help="Reader processes (count; 0 reads in the main process). Default: cores − 1, "
+        "at most 8.")] = None,
+    fp16_storage: Annotated[bool, typer.Option(
+        help="Store features as float16 (half the disk; values rounded to ~3 digits).")
+    ] = False,
+    max_bad_tiles: Annotated[float, typer.Option(
+        help="Share of tiles (0–1) that may fail to decode before the slide fails.")] = 0.05,
+    tiles: Annotated[Path | None, typer.Option(
+        help="Folder of tile files (ours, CLAM's or TRIDENT's), default WORKSPACE/tiles.")
+    ] = None,
+    manifest: Annotated[Path | None, typer.Option(
+        help="CSV with slide_id and path (relative to --slide-root).")] = None,
+    slide_root: Annotated[Path | None, typer.Option(
+        help="Folder the manifest's paths are relative to.")] = None,
+    shard: Annotated[str | None, typer.Option(
+        help="Process only shard I of N (I/N, 0-based), partitioned by slide id.")] = None,
+    verbose: Annotated[bool, typer.Option(help="Debug logging (tracebacks of failures).")] = False,
+) -> None:
+    """Run a frozen encoder over every tile; stream features to one HDF5 per slide."""
+    from ..batch import discover, jobs_from_manifest, jobs_from_paths
+    from ..errors import InputError
+    from ..extraction import ExtractConfig, extract_batch, features_path
+    from ..provenance import write_record
+
+    setup_logging(verbose)
+    try:
+        if manifest is not None:
+            jobs = jobs_from_manifest(manifest, slide_root)
+        elif inputs:
+            jobs = jobs_from_paths(discover(inputs))
+        else:
+            raise InputError("give slide files, folders or globs, or --manifest")
+        defaults = ExtractConfig()
+        config = ExtractConfig(
+            encoder=encoder, weights=weights, random_weights=random_weights, download=download,
+            device=device, batch_size=batch_size,
+            workers=defaults.workers if workers is None else workers,
+            fp16_storage=fp16_storage, max_bad_tiles=max_bad_tiles)
+        summary = extract_batch(jobs, out, config, shard, tiles)
+    except InputError as exc:
+        fail(exc)
+    complete = sorted(set(summary.done) | set(summary.skipped))
+    from dataclasses import asdict
+
+    write_record(out / "provenance", command="extract",
+                 config={**asdict(config), "shard": shard, "tiles": tiles},
+                 inputs=[j.path for j in jobs if j.slide_id in complete]
+                 + ([weights] if weights else []),
+                 outputs=[features_path(out, encoder, s) for s in complete],
+                 name=f"extract-{'all' if shard is None else shard.replace('/', 'of')}.json")
+    finish_batch(summary)
