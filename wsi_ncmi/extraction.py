@@ -151,8 +151,8 @@ def extract_batch(
     return run_batch(mine, Ledger(workspace, "extract"), process, done)
 
 
-class _Batches(torch.utils.data.Dataset):
-    """Item i: (tile indices, uint8 tiles b×H×W×3, decoded flags) of the i-th batch."""
+class _Items(torch.utils.data.Dataset):
+    """Item i: (tile indices, uint8 tiles k×H×W×3, decoded flags) of the i-th reader item."""
 
     def __init__(self, reader: TileReader, coords: np.ndarray, batches: list[list[tuple]]):
         self.reader, self.coords, self.batches = reader, coords, batches
@@ -185,20 +185,38 @@ def pack_runs(runs: list[tuple[int, int]], batch_size: int) -> list[list[tuple[i
     return batches
 
 
+def tile_loader(slide_path: Path, coords: np.ndarray, spec: ReadSpec, config: ExtractConfig,
+                pin_memory: bool) -> tuple[torch.utils.data.DataLoader, TileReader]:
+    """A loader of (indices, uint8 tiles k×H×W×3, decoded flags) items in tile order.
+
+    Items hold about a quarter of a worker's share of the slide (between ``2 ×
+    region_tiles`` and ``batch_size`` tiles): small enough that every reader process gets
+    work on a short slide, large enough that per-item overhead stays low on a long one. The
+    caller gathers items into encoder batches.
+    """
+    workers = config.workers if len(coords) else 0
+    share = len(coords) // (4 * max(1, workers))
+    item = max(2 * config.region_tiles, min(config.batch_size, share))
+    runs = region_runs(coords, spec.downsample, spec.read_size, config.region_tiles)
+    items = pack_runs(runs, item)
+    reader = TileReader(slide_path, spec)
+    loader = torch.utils.data.DataLoader(
+        _Items(reader, coords, items), batch_size=None, shuffle=False, num_workers=workers,
+        pin_memory=pin_memory, prefetch_factor=4 if workers else None,
+        worker_init_fn=_one_thread if workers else None,
+    )
+    return loader, reader
+
+
 def _encode_to_h5(tmp, slide_path, coords, spec, encoder, config, device, precision) -> int:
+    """Read, encode and stream one slide's tiles into ``tmp``; return the bad-tile count.
+    Reader items are gathered on the device into batches of ``batch_size``."""
     import h5py
 
     n, dim = len(coords), encoder.dim
     dtype = np.float16 if config.fp16_storage else np.float32
-    runs = region_runs(coords, spec.downsample, spec.read_size, config.region_tiles)
-    batches = pack_runs(runs, config.batch_size)
-    reader = TileReader(slide_path, spec)
     cuda = device.type == "cuda"
-    loader = torch.utils.data.DataLoader(
-        _Batches(reader, coords, batches), batch_size=None, shuffle=False,
-        num_workers=config.workers if n else 0, pin_memory=cuda,
-        prefetch_factor=4 if config.workers and n else None,
-    )
+    loader, reader = tile_loader(slide_path, coords, spec, config, pin_memory=cuda)
     mean = torch.tensor(encoder.spec.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(encoder.spec.std, device=device).view(1, 3, 1, 1)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -207,25 +225,43 @@ def _encode_to_h5(tmp, slide_path, coords, spec, encoder, config, device, precis
         feats = f.create_dataset("features", (n, dim), dtype=dtype, maxshape=(n, dim),
                                  chunks=(max(1, min(n, 512)), dim) if n else None)
         out_coords = f.create_dataset("coords", (n, 2), dtype=np.int64, maxshape=(n, 2))
+
+        def flush(pending) -> None:
+            nonlocal written
+            idx = torch.cat([p[0] for p in pending]).numpy()
+            good = torch.cat([p[2] for p in pending]).numpy()
+            x = torch.cat([p[1] for p in pending]).permute(0, 3, 1, 2).float()
+            x = x.div_(255).sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                y = encoder.model(x)
+            y = y.float()
+            if not torch.isfinite(y).all():
+                raise InputError(f"{slide_path}: encoder produced NaN/Inf features for tiles "
+                                 f"{int(idx[0])}–{int(idx[-1])}")
+            k = int(good.sum())
+            feats[written:written + k] = y.cpu().numpy()[good].astype(dtype)
+            out_coords[written:written + k] = coords[idx[good]]
+            written += k
+
         with torch.inference_mode():
+            pending, count = [], 0
             for idx, tiles, ok in loader:
-                x = tiles.to(device, non_blocking=cuda).permute(0, 3, 1, 2).float()
-                x = x.div_(255).sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    y = encoder.model(x)
-                y = y.float()
-                if not torch.isfinite(y).all():
-                    raise InputError(f"{slide_path}: encoder produced NaN/Inf features for tiles "
-                                     f"{int(idx[0])}–{int(idx[-1])}")
-                good = ok.numpy()
-                k = int(good.sum())
-                feats[written:written + k] = y.cpu().numpy()[good].astype(dtype)
-                out_coords[written:written + k] = coords[idx.numpy()[good]]
-                written += k
+                pending.append((idx, tiles.to(device, non_blocking=cuda), ok))
+                count += len(idx)
+                if count >= config.batch_size:
+                    flush(pending)
+                    pending, count = [], 0
+            if pending:
+                flush(pending)
         feats.resize((written, dim))
         out_coords.resize((written, 2))
     reader.close()
     return n - written
+
+
+def _one_thread(_worker_id: int) -> None:
+    """Reader processes decode with one thread each: the processes are the parallelism."""
+    torch.set_num_threads(1)
 
 
 def _write_attrs(tmp, grid, encoder, config, precision, side, n, n_bad, key) -> None:

@@ -16,3 +16,8 @@ app = typer.Typer(
 )
 
 from . import tile  # noqa: E402,F401  (each import registers a command)
+from . import extract  # noqa: E402,F401
+from . import train  # noqa: E402,F401
+from . import evaluate  # noqa: E402,F401
+from . import manifest  # noqa: E402,F401
+from . import verify  # noqa: E402,F401
