@@ -1,0 +1,74 @@
+"""``wsi-ncmi eval`` and ``wsi-ncmi compare``: metrics of trained runs, side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app
+from .common import fail, setup_logging
+
+
+@app.command("eval")
+def eval_command(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `wsi-ncmi train`.")],
+    split: Annotated[str, typer.Option(help="Part of every fold to evaluate: train | val | "
+                                       "test.")] = "test",
+    features_dir: Annotated[Path | None, typer.Option(
+        help="Folder of <slide_id>.h5 feature files (default: data.features_dir of "
+        "RUN/config.yaml).")] = None,
+    manifest: Annotated[Path | None, typer.Option(
+        help="Manifest CSV with the labels (default: data.manifest of RUN/config.yaml).")
+    ] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples of patients (count).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap and of the probe's "
+                                      "cross-validation folds (integer).")] = 0,
+    probe_input: Annotated[str, typer.Option(
+        help="Linear-probe input: z (slide embedding) | z_tilde (NCMI runs only).")] = "z",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
+) -> None:
+    """Metrics with bootstrap intervals, predictions, plots and report.md for one split."""
+    import json
+
+    from ..errors import InputError
+    from ..evaluation import evaluate_run
+    from ..reports import HEAD_NAMES, fmt_ci
+
+    setup_logging(verbose)
+    try:
+        out = evaluate_run(run, split, features_dir, manifest, n_boot, seed,
+                           probe_input=probe_input, device=device)
+    except InputError as exc:
+        fail(exc)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for head, m in metrics["heads"].items():
+        typer.echo(f"{HEAD_NAMES[head]:>15}: macro-F1 {fmt_ci(m['macro_f1'])}  "
+                   f"AUC {fmt_ci(m['auc_macro'])}")
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more evaluated run folders.")],
+    split: Annotated[str, typer.Option(help="Evaluated split to compare: train | val | test.")
+                     ] = "test",
+    head: Annotated[str, typer.Option(help="linear_probe | centroid | classifier.")
+                    ] = "linear_probe",
+    out: Annotated[Path, typer.Option(help="Folder for comparison.csv, differences.csv and "
+                                      "comparison.md.")] = Path("comparison"),
+    n_boot: Annotated[int, typer.Option(help="Paired bootstrap resamples (count).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed (integer).")] = 0,
+) -> None:
+    """Runs side by side on one head, with paired bootstrap differences in macro-F1 and AUC."""
+    from ..compare import compare_runs
+    from ..errors import InputError
+
+    try:
+        result = compare_runs(runs, out, split, head, n_boot, seed)
+    except InputError as exc:
+        fail(exc)
+    typer.echo(result.text)
+    typer.echo(f"wrote {', '.join(map(str, result.paths))}")

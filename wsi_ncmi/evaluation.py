@@ -1,0 +1,362 @@
+"""The ``eval`` stage: a trained run → metrics, predictions, plots and a report per split.
+
+For every fold of ``RUN/splits.json`` the fold's model runs (eval mode, all tiles) over the
+fold's training slides and the evaluated split's slides; the heads (:mod:`wsi_ncmi.heads`) are
+fitted on the training slides' outputs only and score the evaluated slides:
+
+- ``linear_probe`` on the embeddings z (or z̃, ``probe_input``), every run;
+- ``centroid`` on the simplex outputs p (NCMI: NSF output; CE family: softmax), every run;
+- ``classifier``: softmax of the run's own logits, CE-family runs only.
+
+With several folds each fold is scored on its own part of the split, and the rows of all folds
+are pooled (for ``test`` with k-fold or leave-one-group-out splits this is the out-of-fold
+prediction of every slide); the headline metrics and their intervals are those of the pooled
+rows, and per-fold point estimates with their mean ± sd (ddof = 1) come beside them.
+
+NCMI, CMI and Γ (:func:`~wsi_ncmi.losses.measure.ncmi_measure`) are computed on the evaluated
+slides' outputs p with that set's own class means as centroids — the measure as defined by
+Yang et al. for "a model on a labelled set" — so they describe the geometry of the outputs on
+the split itself. The training split's value (``ncmi_train``, centroids = training class
+means) is reported beside it; the centroid *head* is what uses the training centroids to
+predict. With several folds the top-level values are means over folds (each fold's model has
+its own output simplex, so pooling p across folds would mix spaces).
+
+Writes ``RUN/eval/<split>/``: ``metrics.json``, ``predictions.csv``,
+``confusion_<head>.png``, ``roc_<head>.png``, ``report.md`` (all atomically) and a
+``provenance.json`` record.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .atomic import atomic_path, write_json
+from .bootstrap import CI_LEVEL, Units, metric_intervals, resampling_units
+from .errors import InputError
+from .heads import centroid_scores, fit_centroids, fit_linear_probe, softmax
+from .metrics import ECE_BINS, SCALARS, compute_metrics
+from .plots import plot_confusion, plot_roc
+from .reports import render_eval_report
+
+HEADS = ("linear_probe", "centroid", "classifier")
+PROBE_INPUTS = ("z", "z_tilde")
+SPLIT_PARTS = ("train", "val", "test")
+
+
+@dataclass
+class RunData:
+    """What every fold of a run needs: resolved ``cfg``, ``splits`` record, ``classes``,
+    ``labels`` (slide id → class index), ``patients`` (slide id → patient id, "" if none),
+    ``features_dir``, ``manifest``."""
+
+    cfg: dict
+    splits: dict
+    classes: list[str]
+    labels: dict[str, int]
+    patients: dict[str, str]
+    features_dir: Path
+    manifest: Path
+
+
+@dataclass
+class FoldResult:
+    """One fold on the evaluated split: ``slide_ids`` (n), ``y`` (n,), ``scores`` head →
+    (n×C), ``ncmi`` and ``ncmi_train`` measures, ``fit`` head → how it was fitted."""
+
+    fold: int
+    slide_ids: list[str]
+    y: np.ndarray
+    scores: dict[str, np.ndarray]
+    ncmi: dict[str, float]
+    ncmi_train: dict[str, float]
+    fit: dict[str, dict] = field(default_factory=dict)
+
+
+def evaluate_run(run_dir: Path, split: str = "test", features_dir: Path | None = None,
+                 manifest: Path | None = None, n_boot: int = 1000, seed: int = 0, *,
+                 probe_input: str = "z", device: str = "auto") -> Path:
+    """Evaluate every fold of the run in ``run_dir`` on ``split`` (train | val | test) and
+    write ``run_dir/eval/<split>/``; return that folder.
+
+    ``features_dir``, ``manifest``: override ``data.features_dir`` / ``data.manifest`` of
+    ``RUN/config.yaml``; ``n_boot``: bootstrap resamples (patients); ``seed``: seeds the
+    bootstrap and the probe's cross-validation folds; ``probe_input``: ``z`` or ``z_tilde``
+    (NCMI runs only); ``device``: auto | cpu | cuda | cuda:N for running the model.
+    """
+    if split not in SPLIT_PARTS:
+        raise InputError(f"split must be one of {', '.join(SPLIT_PARTS)}, got {split!r}")
+    if probe_input not in PROBE_INPUTS:
+        raise InputError(f"probe input must be z or z_tilde, got {probe_input!r}")
+    if n_boot < 1:
+        raise InputError(f"n_boot must be ≥ 1, got {n_boot}")
+    run_dir = Path(run_dir)
+    data = load_run_data(run_dir, features_dir, manifest, split)
+    from .training import resolve_device
+
+    dev = str(resolve_device(device))
+    results = [evaluate_fold(run_dir / f"fold_{fold['fold']}", fold, split, data, probe_input,
+                             seed, dev)
+               for fold in data.splits["folds"] if fold[split]]
+    metrics = build_metrics(results, data, run_dir, split, n_boot, seed, probe_input)
+    out_dir = run_dir / "eval" / split
+    outputs = write_outputs(out_dir, results, data, metrics)
+    write_eval_record(out_dir, run_dir, data, split, outputs,
+                      {"n_boot": n_boot, "seed": seed, "probe_input": probe_input,
+                       "device": dev})
+    return out_dir
+
+
+def write_eval_record(out_dir: Path, run_dir: Path, data: RunData, split: str,
+                      outputs: list[Path], settings: dict) -> Path:
+    """``out_dir/provenance.json``: the run's config, splits, fold models, manifest and the
+    feature files read, the eval ``settings`` and the files written."""
+    from .provenance import write_record
+
+    folds = [f for f in data.splits["folds"] if f[split]]
+    slides = dict.fromkeys(s for f in folds for part in ("train", split) for s in f[part])
+    fold_files = [run_dir / f"fold_{f['fold']}" / name for f in folds
+                  for name in ("model.json", "model.safetensors")]
+    return write_record(
+        out_dir, command="wsi-ncmi eval",
+        config={"run": str(run_dir), "split": split, **settings,
+                "features_dir": str(data.features_dir), "manifest": str(data.manifest)},
+        inputs=[run_dir / "config.yaml", run_dir / "splits.json", data.manifest, *fold_files,
+                *(data.features_dir / f"{s}.h5" for s in slides)],
+        outputs=outputs, seeds={"bootstrap": settings["seed"], "probe_cv": settings["seed"]})
+
+
+def _config_path(value: Path | None, cfg: dict, key: str, config_path: Path) -> Path:
+    recorded = (cfg.get("data") or {}).get(key)
+    if value is None and not recorded:
+        raise InputError(f"{config_path}: no data.{key} recorded; pass it explicitly "
+                         f"(--{key.replace('_', '-')})")
+    return Path(value if value is not None else recorded)
+
+
+def load_run_data(run_dir: Path, features_dir: Path | None, manifest: Path | None,
+                  split: str) -> RunData:
+    """Read the run's config, splits and the manifest's labels; :class:`InputError` listing
+    every evaluated or training slide without a usable label."""
+    from .manifests import load_manifest
+    from .training import map_labels
+
+    config_path, splits_path = run_dir / "config.yaml", run_dir / "splits.json"
+    for path in (config_path, splits_path):
+        if not path.is_file():
+            raise InputError(f"{path}: not found (is {run_dir} a trained run folder?)")
+    try:
+        cfg = yaml.safe_load(config_path.read_text())
+        splits = json.loads(splits_path.read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise InputError(f"{run_dir}: unreadable config.yaml or splits.json "
+                         f"({' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(cfg, dict) or "task" not in cfg:
+        raise InputError(f"{config_path}: not a resolved run config (no task section)")
+    features = _config_path(features_dir, cfg, "features_dir", config_path)
+    manifest_path = _config_path(manifest, cfg, "manifest", config_path)
+    task = cfg["task"]
+    df = load_manifest(manifest_path, required=("slide_id", task["label_column"]))
+    classes, y, _ = map_labels(df, task)
+    labels = {sid: int(c) for sid, c in zip(df["slide_id"], y, strict=True)}
+    patients = (dict(zip(df["slide_id"], df["patient_id"].str.strip(), strict=True))
+                if "patient_id" in df.columns else {})
+    folds = splits.get("folds") if isinstance(splits, dict) else None
+    if not folds:
+        raise InputError(f"{splits_path}: no folds")
+    needed = dict.fromkeys(sid for f in folds for part in ("train", split) for sid in f[part])
+    raw = dict(zip(df["slide_id"], df[task["label_column"]], strict=True))
+    problems = [f"slide {sid}: not in {manifest_path}" if sid not in labels
+                else f"slide {sid}: label {raw[sid]!r} maps to no class"
+                for sid in needed if labels.get(sid, -1) < 0]
+    if problems:
+        raise InputError(f"{len(problems)} slide(s) cannot be evaluated: {'; '.join(problems)}")
+    if not any(f[split] for f in folds):
+        raise InputError(f"{splits_path}: the {split} split holds no slides in any fold")
+    return RunData(cfg=cfg, splits=splits, classes=classes, labels=labels,
+                   patients={sid: patients.get(sid, "") for sid in needed},
+                   features_dir=features, manifest=manifest_path)
+
+
+def evaluate_fold(fold_dir: Path, fold: dict, split: str, data: RunData, probe_input: str,
+                  seed: int, device: str) -> FoldResult:
+    """Run one fold's model on its training and ``split`` slides and score the latter with
+    every applicable head."""
+    from .inference import load_fold, run_model
+    from .losses import ncmi_measure
+
+    loaded = load_fold(fold_dir, device)
+    if list(loaded.meta["classes"]) != data.classes:
+        raise InputError(f"{fold_dir / 'model.json'}: classes {loaded.meta['classes']} differ "
+                         f"from the run config's {data.classes}")
+    batch = int(data.cfg.get("data", {}).get("eval_batch_size", 4))
+    train_ids, eval_ids = list(fold["train"]), list(fold[split])
+    train = run_model(loaded, data.features_dir, train_ids, batch)
+    evaluated = train if split == "train" else run_model(loaded, data.features_dir, eval_ids,
+                                                         batch)
+    n_classes = len(data.classes)
+    y_train = np.array([data.labels[s] for s in train_ids], dtype=np.int64)
+    y_eval = np.array([data.labels[s] for s in eval_ids], dtype=np.int64)
+    if evaluated[probe_input] is None:
+        raise InputError(f"{fold_dir}: loss {loaded.meta['loss']} has no {probe_input} "
+                         "(use the probe input z)")
+    patients = [data.patients[s] for s in train_ids]
+    probe = fit_linear_probe(train[probe_input], y_train, n_classes,
+                             groups=patients if any(patients) else None, seed=seed)
+    means = fit_centroids(train["p"], y_train, n_classes)
+    scores = {"linear_probe": probe.scores(evaluated[probe_input]),
+              "centroid": centroid_scores(evaluated["p"], means)}
+    fit = {"linear_probe": {"input": probe_input, "C": probe.C, **probe.selection,
+                            "n_train_slides": len(train_ids)},
+           "centroid": {"outputs": f"p ({evaluated['p'].shape[1]}-simplex)",
+                        "n_train_slides": len(train_ids)}}
+    if evaluated["logits"] is not None:
+        scores["classifier"] = softmax(evaluated["logits"])
+        fit["classifier"] = {"outputs": f"softmax of the {loaded.meta['loss']} run's logits"}
+    return FoldResult(fold=int(fold["fold"]), slide_ids=eval_ids, y=y_eval, scores=scores,
+                      ncmi=ncmi_measure(evaluated["p"], y_eval, n_classes),
+                      ncmi_train=ncmi_measure(train["p"], y_train, n_classes), fit=fit)
+
+
+def num(x: float) -> float | None:
+    """A JSON-safe number: NaN/inf → None (``null``)."""
+    return float(x) if np.isfinite(x) else None
+
+
+def head_metrics(y: np.ndarray, scores: np.ndarray, units: Units, classes: list[str], n_boot: int,
+                 seed: int) -> dict:
+    """The metrics.json entry of one head: scalars and per-class AUC with 95 % intervals,
+    per-class precision/recall/F1/support, the confusion matrix and notes."""
+    point = compute_metrics(y, scores)
+    interval = metric_intervals(y, scores, units, n_boot, seed)
+
+    def entry(j: int, value: float) -> dict:
+        return {"value": num(value), "ci95": [num(interval.low[j]), num(interval.high[j])],
+                "n_boot_valid": int(interval.n_valid[j])}
+
+    out = {name: entry(j, point.scalars[name]) for j, name in enumerate(SCALARS)}
+    out["per_class"] = {
+        name: {"precision": num(point.precision[c]), "recall": num(point.recall[c]),
+               "f1": num(point.f1[c]), "support": int(point.support[c]),
+               "auc": entry(len(SCALARS) + c, point.auc_per_class[c])}
+        for c, name in enumerate(classes)}
+    out["confusion"] = point.confusion.tolist()
+    out["notes"] = {classes[c]: reason for c, reason in point.notes.items()}
+    return out
+
+
+def common_heads(results: list[FoldResult]) -> list[str]:
+    """Heads that scored every fold, in :data:`HEADS` order."""
+    return [h for h in HEADS if all(h in r.scores for r in results)]
+
+
+def pool(results: list[FoldResult]) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """Slide ids, labels and per-head scores of all folds' rows, folds in order."""
+    ids = [s for r in results for s in r.slide_ids]
+    y = np.concatenate([r.y for r in results])
+    return ids, y, {h: np.concatenate([r.scores[h] for r in results])
+                    for h in common_heads(results)}
+
+
+def _mean_sd(values: np.ndarray) -> dict:
+    finite = values[np.isfinite(values)]
+    return {"mean": num(finite.mean()) if len(finite) else None,
+            "sd": num(finite.std(ddof=1)) if len(finite) > 1 else None}
+
+
+def fold_summary(results: list[FoldResult]) -> dict:
+    """Per head and scalar metric: mean and sd (ddof = 1; null with one fold) over the folds
+    where the metric is defined."""
+    out: dict = {}
+    for head in common_heads(results):
+        values = np.array([[compute_metrics(r.y, r.scores[head]).scalars[m] for m in SCALARS]
+                           for r in results])
+        out[head] = {m: _mean_sd(values[:, j]) for j, m in enumerate(SCALARS)}
+    return out
+
+
+def build_metrics(results: list[FoldResult], data: RunData, run_dir: Path, split: str,
+                  n_boot: int, seed: int, probe_input: str) -> dict:
+    """The ``metrics.json`` record (see the issue's contract; extra keys are additive)."""
+    ids, y, scores = pool(results)
+    units = resampling_units(ids, [data.patients[s] for s in ids])
+    folds = []
+    for r in results:
+        folds.append({
+            "fold": r.fold, "n_slides": len(r.slide_ids),
+            "heads": {h: {m: num(v) for m, v in compute_metrics(r.y, s).scalars.items()}
+                      for h, s in r.scores.items()},
+            "ncmi": {k: num(v) for k, v in r.ncmi.items()},
+            "ncmi_train": {k: num(v) for k, v in r.ncmi_train.items()},
+            "fit": r.fit})
+
+    def fold_mean(key: str) -> dict:
+        return {m: num(np.mean([getattr(r, key)[m] for r in results]))
+                for m in ("ncmi", "cmi", "gamma")}
+
+    meta = json.loads((run_dir / f"fold_{results[0].fold}" / "model.json").read_text())
+    return {
+        "split": split, "n_slides": len(ids), "classes": data.classes,
+        "heads": {h: head_metrics(y, s, units, data.classes, n_boot, seed)
+                  for h, s in scores.items()},
+        "ncmi": fold_mean("ncmi"),
+        "ncmi_train": fold_mean("ncmi_train"),
+        "run": str(run_dir), "loss": meta.get("loss"), "encoder": meta.get("encoder"),
+        "loss_settings": meta.get("loss_settings"),
+        "n_folds": len(results),
+        "pooled": ("out-of-fold: each fold's rows scored by that fold's model"
+                   if len(results) > 1 else "single fold"),
+        "class_counts": {c: int((y == i).sum()) for i, c in enumerate(data.classes)},
+        "n_patients": len({data.patients[s] for s in ids if data.patients[s]}),
+        "bootstrap": {"method": "percentile", "level": CI_LEVEL, "n_boot": n_boot, "seed": seed,
+                      "unit": units.kind, "n_units": units.n_units},
+        "ece_bins": f"{ECE_BINS} equal-width bins on the max class probability",
+        "probe_input": probe_input,
+        "folds": folds,
+        "fold_summary": fold_summary(results),
+    }
+
+
+def predictions_frame(results: list[FoldResult], data: RunData) -> pd.DataFrame:
+    """One row per (head, fold, slide): ids, true and predicted class, one score per class."""
+    rows = []
+    for head in HEADS:
+        for r in results:
+            if head not in r.scores:
+                continue
+            s = r.scores[head]
+            for i, sid in enumerate(r.slide_ids):
+                rows.append({"slide_id": sid, "patient_id": data.patients[sid], "fold": r.fold,
+                             "true_label": data.classes[r.y[i]], "head": head,
+                             "predicted_label": data.classes[int(s[i].argmax())],
+                             **{f"score_{c}": float(s[i, j])
+                                for j, c in enumerate(data.classes)}})
+    return pd.DataFrame(rows)
+
+
+def write_outputs(out_dir: Path, results: list[FoldResult], data: RunData,
+                  metrics: dict) -> list[Path]:
+    """metrics.json, predictions.csv, the plots and report.md in ``out_dir``; returns their
+    paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids, y, scores = pool(results)
+    title = f"{Path(metrics['run']).name} · {{}} · {metrics['split']} (n = {len(ids)})"
+    paths = []
+    for head, s in scores.items():
+        cm = np.array(metrics["heads"][head]["confusion"])
+        paths.append(plot_confusion(cm, data.classes, out_dir / f"confusion_{head}.png",
+                                    title.format(head)))
+        paths.append(plot_roc(y, s, data.classes, out_dir / f"roc_{head}.png",
+                              title.format(head)))
+    with atomic_path(out_dir / "predictions.csv") as tmp:
+        predictions_frame(results, data).to_csv(tmp, index=False)
+    write_json(out_dir / "metrics.json", metrics)
+    with atomic_path(out_dir / "report.md") as tmp:
+        tmp.write_text(render_eval_report(metrics))
+    return [*paths, out_dir / "predictions.csv", out_dir / "metrics.json",
+            out_dir / "report.md"]
