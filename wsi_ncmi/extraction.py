@@ -31,6 +31,8 @@ from .tilefile import read_tile_file, settings_key
 
 log = logging.getLogger("wsi_ncmi")
 
+TILING_KEYS = ("target_mpp", "tile_size", "overlap", "min_tissue", "seg_mpp", "level_tolerance")
+
 
 @dataclass(frozen=True)
 class ExtractConfig:
@@ -278,6 +280,7 @@ def _write_attrs(tmp, grid, encoder, config, precision, side, n, n_bad, key) -> 
         "tile_size": grid.tile_size, "patch_level": grid.level, "patch_size": grid.read_size,
         "patch_size_level0": grid.size_level0, "tile_format": grid.source_format,
         "n_tiles_listed": n, "n_bad_tiles": n_bad,
+        "tiling": json.dumps({k: grid.attrs[k] for k in TILING_KEYS if k in grid.attrs}),
         "tiles_key": str(grid.attrs.get("settings_key", "")), "extract_key": key,
         "schema_version": SCHEMA_VERSION, "wsi_ncmi_version": __version__,
         "slide_id": str(grid.attrs.get("slide_id", "")),

@@ -14,6 +14,9 @@ Root attributes:
 - ``preprocessing``: JSON of the input side (px), normalisation mean/std, interpolation.
 - ``input_mpp`` (µm/px of the tiles), ``tile_size`` (px), ``patch_level``, ``patch_size``,
   ``patch_size_level0``, ``tile_format`` (``wsi-ncmi`` | ``clam`` | ``trident``).
+- ``tiling``: JSON of the tile file's settings (``target_mpp``, ``tile_size``, ``overlap``,
+  ``min_tissue``, ``seg_mpp``, ``level_tolerance``; those it has), so a model trained on these
+  features can tile new slides the same way.
 - ``n_tiles_listed``, ``n_bad_tiles`` (tiles that failed to decode and were left out).
 - ``tiles_key``: settings digest of the tile file used; ``extract_key``: digest of the
   extraction settings; both decide whether a rerun may reuse the file.

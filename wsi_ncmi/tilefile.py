@@ -14,7 +14,8 @@ Attributes, on ``coords`` (where CLAM and TRIDENT put theirs):
 - ``target_mpp``, ``effective_mpp``, ``level_mpp`` (float, µm/px): asked for, obtained, and
   of the level read. ``slide_mpp_x``, ``slide_mpp_y`` (float): level-0 µm/px used;
   ``mpp_source``: ``metadata`` | ``manifest`` | ``fallback``.
-- ``overlap`` (int, px at ``effective_mpp``), ``min_tissue`` (float), ``seg_mpp`` (float).
+- ``overlap`` (int, px at ``effective_mpp``), ``min_tissue`` (float), ``seg_mpp`` (float),
+  ``level_tolerance`` (float, relative).
 - ``slide_width``, ``slide_height`` (int, level-0 px), ``slide_file`` (file name only — a
   folder path can carry a label), ``slide_id``, ``n_tiles``, ``tissue_area_mm2``.
 - ``schema_version`` (int), ``wsi_ncmi_version`` (str), ``settings_key`` (str): a digest of

@@ -83,6 +83,7 @@ def tile_slide(
         "target_mpp": plan.target_mpp, "effective_mpp": plan.effective_mpp,
         "level_mpp": plan.level_mpp, "slide_mpp_x": info.mpp_x, "slide_mpp_y": info.mpp_y,
         "mpp_source": info.mpp_source, "overlap": config.overlap,
+        "level_tolerance": config.level_tolerance,
         "min_tissue": config.min_tissue, "seg_mpp": tissue.seg_mpp,
         "slide_width": info.dimensions[0], "slide_height": info.dimensions[1],
         "slide_file": path.name, "slide_id": slide_id,
