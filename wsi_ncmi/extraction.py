@@ -73,9 +73,13 @@ def extract_key(encoder: Encoder, config: ExtractConfig, precision: str) -> str:
                          "input_size": encoder.spec.input_size})
 
 
+def features_dir(workspace: Path, encoder: str) -> Path:
+    """``WORKSPACE/features/<encoder>`` (an ``hf-hub:org/name`` encoder → ``hf-hub_org_name``)."""
+    return workspace / "features" / encoder.replace("hf-hub:", "hf-hub_").replace("/", "_")
+
+
 def features_path(workspace: Path, encoder: str, slide_id: str) -> Path:
-    safe = encoder.replace("hf-hub:", "hf-hub_").replace("/", "_")
-    return workspace / "features" / safe / f"{slide_id}.h5"
+    return features_dir(workspace, encoder) / f"{slide_id}.h5"
 
 
 def extract_slide(

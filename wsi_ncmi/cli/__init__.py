@@ -1,3 +1,4 @@
+# ruff: noqa: I001  (commands are imported in pipeline order: that is the order --help lists)
 """The ``wsi-ncmi`` command line: parses options and calls the library.
 
 Each command lives in its own module here and imports heavy libraries (torch, timm) only inside
@@ -15,9 +16,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from . import tile  # noqa: E402,F401  (each import registers a command)
+from . import tile  # noqa: E402,F401  (each import registers its command)
 from . import extract  # noqa: E402,F401
 from . import train  # noqa: E402,F401
 from . import evaluate  # noqa: E402,F401
 from . import manifest  # noqa: E402,F401
 from . import verify  # noqa: E402,F401
+from . import demo  # noqa: E402,F401
