@@ -43,15 +43,17 @@ class DemoConfig:
     tile_mpp: float = 1.0
     tile_size: int = 224
     epochs: int = 40
+    lesion_share: float = 0.08
     n_boot: int = 1000
     weights: Path | None = None
     heatmaps: int = 3
 
 
 def make_cohort(folder: Path, n_slides: int, seed: int, width: int, height: int,
-                mpp: float) -> Path:
+                mpp: float, lesion_share: float) -> Path:
     """Write the slides and ``manifest.csv`` (slide_id, path, label, patient_id, split);
-    patients own two slides of their class and are split 60/20/20 per class."""
+    patients own two slides of their class and are split 50/20/30 (train/val/test) per
+    class. ``lesion_share``: share of a lesion slide's tissue that is lesion."""
     from .synthetic import write_synthetic_slide
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -68,7 +70,8 @@ def make_cohort(folder: Path, n_slides: int, seed: int, width: int, height: int,
         path = folder / f"{slide_id}.tif"
         if not path.exists():
             write_synthetic_slide(path, width, height, mpp=mpp, seed=seed * 1000 + i,
-                                  lesion=CLASSES[label], downsamples=(1, 4, 16))
+                                  lesion=CLASSES[label], downsamples=(1, 4, 16),
+                                  lesion_share=lesion_share)
         rows.append({"slide_id": slide_id, "path": path.name, "label": label,
                      "patient_id": f"P{patient:03d}", "split": split_of[patient]})
     manifest = folder / "manifest.csv"
@@ -81,7 +84,8 @@ def _patient_splits(patient_class: list[str], rng: np.random.Generator) -> list[
     for name in dict.fromkeys(patient_class):
         members = [i for i, c in enumerate(patient_class) if c == name]
         rng.shuffle(members)
-        n_val = n_test = max(1, round(0.2 * len(members)))
+        n_val = max(1, round(0.2 * len(members)))
+        n_test = max(1, round(0.3 * len(members)))
         for k, i in enumerate(members):
             split[i] = "val" if k < n_val else "test" if k < n_val + n_test else "train"
     return split
@@ -99,7 +103,7 @@ def run_demo(config: DemoConfig) -> dict:
 
     out = config.out
     manifest = make_cohort(out / "slides", config.n_slides, config.seed, config.width,
-                           config.height, config.slide_mpp)
+                           config.height, config.slide_mpp, config.lesion_share)
     jobs = jobs_from_manifest(manifest, out / "slides")
     ws = out / "workspace"
     _check(tile_batch(jobs, ws, TileConfig(mpp=config.tile_mpp, tile_size=config.tile_size)))

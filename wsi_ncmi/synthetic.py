@@ -107,16 +107,18 @@ def write_synthetic_slide(
     downsamples: Sequence[int] = (1, 4, 16, 64),
     tile: int = 256,
     quality: int = 85,
+    lesion_share: float = 0.15,
 ) -> SlideLayout:
     """Write a synthetic slide to ``path`` and return its layout.
 
     ``width``/``height`` are level-0 px; ``mpp`` is level-0 µm/px (``None`` writes no
     resolution, i.e. a slide without µm/px); levels whose smaller side would fall below 64 px
-    are dropped. Memory use is a few tiles, whatever the size.
+    are dropped. ``lesion_share``: about this share of the tissue is lesion. Memory use is a
+    few tiles, whatever the size.
     """
     import tifffile
 
-    layout = make_layout(width, height, seed, lesion)
+    layout = make_layout(width, height, seed, lesion, lesion_share)
     levels = [d for d in downsamples if min(width, height) // d >= 64] or [1]
     noise = np.random.default_rng(seed + 7919).normal(0, 1, (2 * tile, 2 * tile, 3)).astype(
         np.float32

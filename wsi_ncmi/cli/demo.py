@@ -21,6 +21,9 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the cohort, the encoder's random "
                                       "initialisation and training.")] = 0,
     epochs: Annotated[int, typer.Option(help="Training epochs per loss (count).")] = 40,
+    slide_width: Annotated[int, typer.Option(help="Level-0 width of each slide, px at "
+                                             "0.5 µm/px.")] = 5120,
+    slide_height: Annotated[int, typer.Option(help="Level-0 height of each slide, px.")] = 3840,
     weights: Annotated[Path | None, typer.Option(
         help="Real resnet50_trunc weights (.safetensors or state dict); default: a seeded "
         "random initialisation made locally.")] = None,
@@ -36,6 +39,7 @@ def demo(
     t0 = time.perf_counter()
     try:
         result = run_demo(DemoConfig(out=out, n_slides=slides, seed=seed, epochs=epochs,
+                                     width=slide_width, height=slide_height,
                                      weights=weights, n_boot=n_boot))
     except InputError as exc:
         fail(exc)
