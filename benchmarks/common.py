@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import resource
 import time
 from pathlib import Path
@@ -28,14 +27,8 @@ def peak_rss_mb() -> float:
 
 
 def machine() -> str:
-    import os
+    """CPU model and logical cores, as provenance records them."""
+    from wsi_ncmi.provenance import device_info
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores"
+    info = device_info()
+    return f"{info['cpu']}, {info['logical_cores']} logical cores"
