@@ -133,6 +133,21 @@ def jobs_from_manifest(manifest: Path, slide_root: Path | None) -> list[SlideJob
     return jobs_from_paths([root / p for p in df["path"]], df["slide_id"].tolist(), mpps)
 
 
+def select_jobs(inputs: Sequence[str] | None, manifest: Path | None,
+                slide_root: Path | None) -> list[SlideJob]:
+    """Jobs from a manifest when given, else from inputs (files, folders, globs); an
+    :class:`InputError` when neither names a slide."""
+    if manifest is not None:
+        jobs = jobs_from_manifest(manifest, slide_root)
+    elif inputs:
+        jobs = jobs_from_paths(discover(inputs))
+    else:
+        raise InputError("give slide files, folders or globs, or --manifest")
+    if not jobs:
+        raise InputError(f"no slides found in {' '.join(inputs or [str(manifest)])}")
+    return jobs
+
+
 def parse_shard(shard: str | None) -> tuple[int, int]:
     """``"I/N"`` → (I, N) with 0 ≤ I < N; None → (0, 1)."""
     if shard is None:

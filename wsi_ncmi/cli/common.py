@@ -4,10 +4,26 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from ..errors import InputError
+
+# Options shared by the per-slide commands (tile, extract, predict).
+Inputs = Annotated[list[str] | None, typer.Argument(
+    help="Slide files, folders (searched recursively) or glob patterns.")]
+ManifestOption = Annotated[Path | None, typer.Option(
+    "--manifest", help="CSV with slide_id, path (relative to --slide-root) and optional mpp "
+    "(µm/px); replaces INPUTS.")]
+SlideRootOption = Annotated[Path | None, typer.Option(
+    "--slide-root", help="Folder the manifest's paths are relative to (default: the "
+    "manifest's folder).")]
+ShardOption = Annotated[str | None, typer.Option(
+    "--shard", help="Process only shard I of N (I/N, 0-based), partitioned by slide id.")]
+VerboseOption = Annotated[bool, typer.Option(
+    "--verbose", help="Debug logging (tracebacks of failures).")]
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -31,3 +47,8 @@ def finish_batch(summary) -> None:
     typer.echo(summary.text(), err=True)
     if not summary.ok:
         raise typer.Exit(1)
+
+
+def shard_tag(shard: str | None) -> str:
+    """``"all"`` or ``"IofN"``: names one shard's provenance record."""
+    return "all" if shard is None else shard.replace("/", "of")

@@ -8,13 +8,22 @@ from typing import Annotated
 import typer
 
 from . import app
-from .common import fail, finish_batch, setup_logging
+from .common import (
+    Inputs,
+    ManifestOption,
+    ShardOption,
+    SlideRootOption,
+    VerboseOption,
+    fail,
+    finish_batch,
+    setup_logging,
+    shard_tag,
+)
 
 
 @app.command()
 def extract(
-    inputs: Annotated[list[str] | None, typer.Argument(
-        help="Slide files, folders (searched recursively) or glob patterns.")] = None,
+    inputs: Inputs = None,
     out: Annotated[Path, typer.Option("--out", help="Workspace folder holding tiles/; "
                                       "writes features/<encoder>/.")] = Path("workspace"),
     encoder: Annotated[str, typer.Option(help="resnet50_trunc | uni | a timm model name | "
@@ -40,28 +49,20 @@ def extract(
     tiles: Annotated[Path | None, typer.Option(
         help="Folder of tile files (ours, CLAM's or TRIDENT's), default WORKSPACE/tiles.")
     ] = None,
-    manifest: Annotated[Path | None, typer.Option(
-        help="CSV with slide_id and path (relative to --slide-root).")] = None,
-    slide_root: Annotated[Path | None, typer.Option(
-        help="Folder the manifest's paths are relative to.")] = None,
-    shard: Annotated[str | None, typer.Option(
-        help="Process only shard I of N (I/N, 0-based), partitioned by slide id.")] = None,
-    verbose: Annotated[bool, typer.Option(help="Debug logging (tracebacks of failures).")] = False,
+    manifest: ManifestOption = None,
+    slide_root: SlideRootOption = None,
+    shard: ShardOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Run a frozen encoder over every tile; stream features to one HDF5 per slide."""
-    from ..batch import discover, jobs_from_manifest, jobs_from_paths
+    from ..batch import select_jobs
     from ..errors import InputError
     from ..extraction import ExtractConfig, extract_batch, features_path
     from ..provenance import write_record
 
     setup_logging(verbose)
     try:
-        if manifest is not None:
-            jobs = jobs_from_manifest(manifest, slide_root)
-        elif inputs:
-            jobs = jobs_from_paths(discover(inputs))
-        else:
-            raise InputError("give slide files, folders or globs, or --manifest")
+        jobs = select_jobs(inputs, manifest, slide_root)
         defaults = ExtractConfig()
         config = ExtractConfig(
             encoder=encoder, weights=weights, random_weights=random_weights, download=download,
@@ -79,5 +80,5 @@ def extract(
                  inputs=[j.path for j in jobs if j.slide_id in complete]
                  + ([weights] if weights else []),
                  outputs=[features_path(out, encoder, s) for s in complete],
-                 name=f"extract-{'all' if shard is None else shard.replace('/', 'of')}.json")
+                 name=f"extract-{shard_tag(shard)}.json")
     finish_batch(summary)

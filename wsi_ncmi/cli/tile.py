@@ -8,13 +8,22 @@ from typing import Annotated
 import typer
 
 from . import app
-from .common import fail, finish_batch, setup_logging
+from .common import (
+    Inputs,
+    ManifestOption,
+    ShardOption,
+    SlideRootOption,
+    VerboseOption,
+    fail,
+    finish_batch,
+    setup_logging,
+    shard_tag,
+)
 
 
 @app.command()
 def tile(
-    inputs: Annotated[list[str] | None, typer.Argument(
-        help="Slide files, folders (searched recursively) or glob patterns.")] = None,
+    inputs: Inputs = None,
     out: Annotated[Path, typer.Option("--out", help="Workspace folder; writes tiles/, "
                                       "previews/, tissue/, ledger/.")] = Path("workspace"),
     mpp: Annotated[float, typer.Option(help="Target resolution of tiles, µm/px.")] = 0.5,
@@ -30,18 +39,13 @@ def tile(
                                            "segmentation, µm/px.")] = 8.0,
     fallback_mpp: Annotated[float | None, typer.Option(
         help="Level-0 µm/px for slides whose metadata has none (used only for those).")] = None,
-    manifest: Annotated[Path | None, typer.Option(
-        help="CSV with slide_id, path (relative to --slide-root) and optional mpp (µm/px).")
-    ] = None,
-    slide_root: Annotated[Path | None, typer.Option(
-        help="Folder the manifest's paths are relative to (default: the manifest's folder).")
-    ] = None,
-    shard: Annotated[str | None, typer.Option(
-        help="Process only shard I of N (I/N, 0-based), partitioned by slide id.")] = None,
-    verbose: Annotated[bool, typer.Option(help="Debug logging (tracebacks of failures).")] = False,
+    manifest: ManifestOption = None,
+    slide_root: SlideRootOption = None,
+    shard: ShardOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Find tissue and lay a tile grid at a true µm/px; one HDF5 per slide."""
-    from ..batch import discover, jobs_from_manifest, jobs_from_paths
+    from ..batch import select_jobs
     from ..errors import InputError
     from ..provenance import write_record
     from ..tiling import TileConfig, outputs_for, tile_batch
@@ -49,14 +53,7 @@ def tile(
 
     setup_logging(verbose)
     try:
-        if manifest is not None:
-            jobs = jobs_from_manifest(manifest, slide_root)
-        elif inputs:
-            jobs = jobs_from_paths(discover(inputs))
-        else:
-            raise InputError("give slide files, folders or globs, or --manifest")
-        if not jobs:
-            raise InputError(f"no slides found in {' '.join(inputs or [])}")
+        jobs = select_jobs(inputs, manifest, slide_root)
         config = TileConfig(mpp=mpp, tile_size=tile_size, overlap=overlap,
                             min_tissue=min_tissue, level_tolerance=level_tolerance,
                             fallback_mpp=fallback_mpp, tissue=TissueSettings(seg_mpp=seg_mpp))
@@ -67,7 +64,7 @@ def tile(
     produced = [p for sid in sorted(complete) for p in outputs_for(out, sid).values()]
     write_record(out / "provenance", command="tile", config=_config_dict(config, shard),
                  inputs=[j.path for j in jobs if j.slide_id in complete],
-                 outputs=produced, name=f"tile-{_shard_tag(shard)}.json")
+                 outputs=produced, name=f"tile-{shard_tag(shard)}.json")
     finish_batch(summary)
 
 
@@ -75,7 +72,3 @@ def _config_dict(config, shard) -> dict:
     from dataclasses import asdict
 
     return {**asdict(config), "shard": shard}
-
-
-def _shard_tag(shard: str | None) -> str:
-    return "all" if shard is None else shard.replace("/", "of")
