@@ -2,8 +2,9 @@
 
 1. Step cost: one gated attention-MIL aggregator, one fixed batch of B bags × N tiles × D
    features; a full training step (forward, loss, backward, AdamW step; for NCMI also its
-   q-step) timed for ``ce`` and ``ncmi`` in alternating rounds; prints the median step times and
-   their ratio (target ≤ 1.10: the paper calls NCMI's cost comparable to CE's).
+   q-step) timed for ``ce`` and ``ncmi`` in alternating rounds after untimed warm-up steps;
+   prints the median step times and their ratio (target ≤ 1.10: the paper calls NCMI's cost
+   comparable to CE's).
 2. Throughput: an epoch of ``train_epoch`` (the trainer's own loop: batching, padding, tile cap,
    steps) over in-memory float16 bags, in slides per second, for both losses.
 

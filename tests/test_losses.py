@@ -10,7 +10,7 @@ import torch
 from wsi_ncmi.aggregators import GatedABMIL
 from wsi_ncmi.errors import InputError
 from wsi_ncmi.losses import NCMILoss, get_loss, loss_names, ncmi_measure
-from wsi_ncmi.losses.ncmi import fused_ncmi_loss
+from wsi_ncmi.losses.ncmi_fused import FusedOptions, fused_ncmi_loss
 
 
 def np_log_nsf(x: np.ndarray) -> np.ndarray:
@@ -68,25 +68,41 @@ def test_fused_training_loss_has_the_reference_values_and_gradients(centroid_map
     """The analytic backward of the training loss against autograd through the plain
     formulas, and against finite differences (float64)."""
     g = torch.Generator().manual_seed(3)
-    z = torch.randn(9, 12, generator=g, dtype=torch.float64, requires_grad=True)
-    w = (torch.randn(4, 12, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
-    mu = torch.randn(12, generator=g, dtype=torch.float64)
-    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 3])
-    ref = NCMILoss(4, 12, temperature=0.4, centroid_map=centroid_map, ratio=ratio).double()
+    z = torch.randn(7, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (torch.randn(3, 8, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    mu = torch.randn(8, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 2])
+    ref = NCMILoss(3, 8, temperature=0.4, centroid_map=centroid_map, ratio=ratio).double()
     ref.mu.copy_(mu)
     with torch.no_grad():
         ref.w.copy_(w)
     log_q = ref.log_centroids()
     want = ref.ratio_loss(*ref.terms(ref.outputs(z).log_p, log_q, y))
     want_gz, want_gw = torch.autograd.grad(want, (z, ref.w))
-    got = fused_ncmi_loss(z, mu, w, y, 0.4, 1e-6, centroid_map, ratio)[0]
+    options = FusedOptions(0.4, 1e-6, centroid_map == "nsf", ratio == "sample", None)
+    mu_set = torch.tensor(True)
+    got = fused_ncmi_loss(z, mu, mu_set, w, y, options)[0]
     got_gz, got_gw = torch.autograd.grad(got, (z, w))
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(got_gz, want_gz)
     torch.testing.assert_close(got_gw, want_gw)
     assert torch.autograd.gradcheck(
-        lambda z_, w_: fused_ncmi_loss(z_, mu, w_, y, 0.4, 1e-6, centroid_map, ratio)[0],
-        (z, w))
+        lambda z_, w_: fused_ncmi_loss(z_, mu, mu_set, w_, y, options)[0], (z, w))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_step_on_gpu_matches_cpu():
+    z, y = fixed_batch()
+    results = []
+    for device in ("cpu", "cuda"):
+        loss = NCMILoss(3, 16).to(device)
+        zd = z.detach().to(device).clone().requires_grad_(True)
+        out = loss.compute(zd, y.to(device))
+        out.loss.backward()
+        loss.centroid_step()
+        results.append([t.detach().cpu() for t in (out.loss, zd.grad, loss.w, loss.mu)])
+    for cpu, gpu in zip(*results, strict=True):
+        torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-6)
 
 
 def test_outputs_are_simplex_points_and_default_centroids_are_nsf_of_onehot():

@@ -18,8 +18,8 @@ from sklearn.metrics import f1_score
 from typer.testing import CliRunner
 
 from wsi_ncmi.bags import inspect_bag, read_bag
-from wsi_ncmi.config import load_config, resolve_config
 from wsi_ncmi.cli import app
+from wsi_ncmi.config import load_config, resolve_config
 from wsi_ncmi.errors import InputError
 from wsi_ncmi.inference import load_fold, run_model
 from wsi_ncmi.provenance import read_record, verify_record

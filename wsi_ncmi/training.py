@@ -4,7 +4,7 @@
 offending slide in one :class:`InputError`, then writes::
 
     RUN/config.yaml   resolved config          RUN/splits.json   patient-grouped splits
-    RUN/provenance.json
+    RUN/provenance.json                        RUN/features.json how the features were made
     RUN/fold_<k>/model.safetensors, model.json, history.csv, embeddings.npz
 
 Per training step (θ-step): aggregator → loss head → backward → optimiser step on the network
@@ -57,7 +57,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from .aggregators import SlideModel
 from .atomic import atomic_path, write_json
-from .bags import BagSource, iter_batches, open_bags, plan_batches, read_encoder_name
+from .bags import BagInfo, BagSource, iter_batches, open_bags, plan_batches, read_encoder_name
 from .config import loss_settings, resolve_config
 from .errors import InputError
 from .inference import build_model, check_bags, forward_batches
@@ -111,14 +111,16 @@ def train_run(config: dict, out_dir: Path, features_dir: Path, manifest: Path, *
     if problems:
         raise InputError(f"{len(problems)} problem(s) before training: {'; '.join(problems)}")
 
+    settings = feature_settings(infos)
     _write_yaml(out_dir / "config.yaml", cfg)
     write_json(out_dir / "splits.json", splits)
+    write_json(out_dir / "features.json", settings)
     first = next(iter(infos.values()))
     encoder = read_encoder_name(first.path) or features_dir.name
     ctx = FoldContext(cfg=cfg, source=open_bags(infos, cfg["data"]["cache_max_gb"]),
                       labels=dict(zip(df["slide_id"], y.tolist(), strict=True)),
                       n_classes=len(classes), device=resolve_device(cfg["device"]))
-    outputs = [out_dir / "config.yaml", out_dir / "splits.json"]
+    outputs = [out_dir / "config.yaml", out_dir / "splits.json", out_dir / "features.json"]
     for fold in splits["folds"]:
         fold_dir = out_dir / f"fold_{fold['fold']}"
         train_fold(ctx, fold, fold_dir, classes, first.feature_dim, encoder)
@@ -132,6 +134,71 @@ def train_run(config: dict, out_dir: Path, features_dir: Path, manifest: Path, *
                          *(info.path for info in infos.values())],
                  outputs=outputs, seeds={"seed": cfg["seed"]})
     return out_dir
+
+
+FEATURE_SETTING_KEYS = ("encoder", "weights_sha256", "random_weights", "input_mpp", "tile_size",
+                        "preprocessing", "tiling")
+
+
+def feature_settings(infos: dict[str, BagInfo]) -> dict:
+    """How the run's feature files were made (``RUN/features.json``, what ``predict``
+    reproduces): their root attributes :data:`FEATURE_SETTING_KEYS` (null where a file has
+    none, e.g. CLAM's), which must agree across slides — except ``input_mpp``, which varies
+    with each slide's scanner within the tiling's level tolerance (recorded as the median and
+    ``input_mpp_range``), and the ``resize`` entry of ``preprocessing``, which depends on
+    whether a slide had a pyramid level at the target µm/px. :class:`InputError` lists the
+    slides of every disagreeing setting."""
+    per_slide = {sid: _feature_attrs(info.path) for sid, info in infos.items()}
+    problems = []
+    for key in (k for k in FEATURE_SETTING_KEYS if k != "input_mpp"):
+        groups: dict[str, list[str]] = {}
+        for sid, attrs in per_slide.items():
+            groups.setdefault(json.dumps(attrs[key], sort_keys=True), []).append(sid)
+        if len(groups) > 1:
+            problems.append(f"{key}: " + "; ".join(
+                f"{value} ({', '.join(sids[:5])}{' …' if len(sids) > 5 else ''})"
+                for value, sids in groups.items()))
+    first = next(iter(per_slide.values()))
+    mpps = {sid: a["input_mpp"] for sid, a in per_slide.items()}
+    known = [m for m in mpps.values() if m is not None]
+    tiling = first["tiling"] or {}
+    if known:
+        target = tiling.get("target_mpp") or float(np.median(known))
+        tolerance = tiling.get("level_tolerance", 0.05)
+        off = [sid for sid, m in mpps.items()
+               if m is None or abs(m - target) > tolerance * target + 1e-9]
+        if off:
+            problems.append(f"input_mpp: {len(off)} slide(s) not within {tolerance:.0%} of "
+                            f"{target:g} µm/px ({', '.join(off[:5])})")
+    if problems:
+        raise InputError(f"feature files disagree on how they were made: {' | '.join(problems)}")
+    return {**first, "input_mpp": float(np.median(known)) if known else None,
+            "input_mpp_range": [min(known), max(known)] if known else None,
+            "n_slides": len(per_slide)}
+
+
+def _feature_attrs(path: Path) -> dict:
+    """The :data:`FEATURE_SETTING_KEYS` root attributes of one feature file as plain values
+    (JSON attributes parsed; ``preprocessing`` without ``resize``; None when absent, and
+    ``input_mpp`` None when not positive — extract's mark for tiles of unknown µm/px)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        raw = {k: f.attrs.get(k) for k in FEATURE_SETTING_KEYS}
+    out = {}
+    for key, value in raw.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        if isinstance(value, np.generic):
+            value = value.item()
+        if key in ("preprocessing", "tiling") and isinstance(value, str):
+            value = json.loads(value)
+        out[key] = value
+    if isinstance(out["preprocessing"], dict):
+        out["preprocessing"].pop("resize", None)
+    if out["input_mpp"] is not None and out["input_mpp"] <= 0:
+        out["input_mpp"] = None
+    return out
 
 
 def map_labels(df: pd.DataFrame, task: dict) -> tuple[list[str], np.ndarray, list[str]]:

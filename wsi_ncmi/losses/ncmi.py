@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from .base import HeadOutput, LossOutput, SlideLoss, check_choice, check_range, kl_matrix, register
+from .ncmi_fused import FusedOptions, fused_ncmi_loss
 
 CENTROID_MAPS = ("nsf", "softmax")
 CENTROID_MODES = ("learned", "fixed")
@@ -45,87 +46,6 @@ def log_nsf(x: Tensor) -> Tensor:
     """log NSF(x) = log σ(x) − log Σ_k σ(x_k) over the last axis, in log space
     (= log-softmax of log σ(x))."""
     return F.log_softmax(F.logsigmoid(x), dim=-1)
-
-
-class _FusedNCMI(torch.autograd.Function):
-    """Training-time NCMI loss as one autograd node with an analytic backward.
-
-    Same numbers as :meth:`NCMILoss.outputs` + :meth:`NCMILoss.terms` + ``ratio_loss`` (the
-    tests hold it to them and to finite differences), but about 20 tensor operations each way
-    instead of ~50 recorded ones: a training step's overhead stays close to cross-entropy's.
-
-    With a = log σ(x), p = softmax(a), b = log σ(w) (NSF map) or w, q = softmax(b),
-    K_ic = KL(q_c‖p_i), α_i = ∂L/∂D_i, β_i = ∂L/∂G_i, γ_ic = β_i·[c≠y_i]/(C−1),
-    q̄_i = mean_{c≠y_i} q_c:
-
-        ∂L/∂a_i = α_i·(p_i ⊙ (log p_i − log q_{y_i}) − D_i·p_i) + β_i·(p_i − q̄_i)
-        ∂L/∂b_c = Σ_{i: y_i=c} α_i (q_c − p_i)
-                  + q_c ⊙ (Σ_i γ_ic (log q_c − log p_i)) − q_c Σ_i γ_ic K_ic
-        ∂a/∂x = σ(−x);  x = u/T with u = (z − μ)/‖z − μ‖: ∂L/∂z = (g − u (u·g)) / (T‖z − μ‖).
-    """
-
-    @staticmethod
-    def forward(ctx, z, mu, w, y, temperature, epsilon, nsf_map, sample_ratio):
-        zc = z - mu
-        norm = zc.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        x = zc / (norm * temperature)
-        log_p = F.log_softmax(F.logsigmoid(x), dim=1)
-        p = log_p.exp()
-        log_q = F.log_softmax(F.logsigmoid(w) if nsf_map else w, dim=1)
-        q = log_q.exp()
-        yi = y[:, None]
-        d = (p * log_p).sum(1) - (p @ log_q.T).gather(1, yi).squeeze(1)
-        k_qp = (q * log_q).sum(1) - log_p @ q.T  # (B×C): KL(q_c ‖ p_i)
-        n_others = w.shape[0] - 1
-        g = (k_qp.sum(1) - k_qp.gather(1, yi).squeeze(1)) / n_others
-        loss = (d / (g + epsilon)).mean() if sample_ratio else d.sum() / (g.sum() + epsilon)
-        ctx.save_for_backward(x, norm, log_p, p, w, log_q, q, y, d, g, k_qp)
-        ctx.settings = (temperature, epsilon, nsf_map, sample_ratio)
-        ctx.mark_non_differentiable(d, g, log_p, p, x)
-        return loss, d, g, log_p, p, x
-
-    @staticmethod
-    def backward(ctx, grad_loss, *_):
-        x, norm, log_p, p, w, log_q, q, y, d, g, k_qp = ctx.saved_tensors
-        temperature, epsilon, nsf_map, sample_ratio = ctx.settings
-        n, n_classes = x.shape[0], w.shape[0]
-        if sample_ratio:
-            r = 1.0 / (g + epsilon)
-            alpha, beta = r / n, -d * r * r / n
-        else:
-            s = g.sum() + epsilon
-            alpha, beta = (1.0 / s).expand(n), (-d.sum() / (s * s)).expand(n)
-        alpha, beta = alpha * grad_loss, beta * grad_loss
-        own = (torch.arange(n_classes, device=y.device) == y[:, None]).to(p.dtype)  # (B×C)
-        others = 1.0 - own
-        grad_z = grad_w = None
-        if ctx.needs_input_grad[0]:
-            q_bar = (others @ q) / (n_classes - 1)
-            ga = (alpha[:, None] * p * (log_p - log_q[y] - d[:, None])
-                  + beta[:, None] * (p - q_bar))
-            gx = ga * torch.sigmoid(-x)
-            u = x * temperature
-            grad_z = (gx - u * (u * gx).sum(1, keepdim=True)) / (norm * temperature)
-        if ctx.needs_input_grad[2]:
-            a_own = own * alpha[:, None]
-            gamma = others * (beta[:, None] / (n_classes - 1))
-            gb = (a_own.sum(0)[:, None] * q - a_own.T @ p
-                  + q * (gamma.sum(0)[:, None] * log_q - gamma.T @ log_p)
-                  - q * (gamma * k_qp).sum(0)[:, None])
-            grad_w = gb * torch.sigmoid(-w) if nsf_map else gb
-        return grad_z, None, grad_w, None, None, None, None, None
-
-
-def fused_ncmi_loss(z: Tensor, mu: Tensor, w: Tensor, y: Tensor, temperature: float,
-                    epsilon: float, centroid_map: str = "nsf", ratio: str = "sample"
-                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """NCMI loss of embeddings z (B×m) centred by μ (m,) against centroid parameters w (C×m)
-    with labels y (B,), differentiable in z and w.
-
-    Returns (L, D (B,), G (B,), log p (B×m), p (B×m), z̃ (B×m)); only L carries gradients.
-    """
-    return _FusedNCMI.apply(z, mu, w, y, temperature, epsilon, centroid_map == "nsf",
-                            ratio == "sample")
 
 
 @register
@@ -212,29 +132,18 @@ class NCMILoss(SlideLoss):
     def centroid_parameters(self) -> list[nn.Parameter]:
         return [self.w] if self.centroid_mode == "learned" else []
 
-    @torch.no_grad()
-    def _update_centre(self, z: Tensor) -> None:
-        # written without reading mu_set on the host, so a GPU step never waits for it:
-        # μ ← μ + r·(mean − μ) with r = 1 − β once μ is set, r = 1 for the first batch
-        if z.shape[0] < 2 and not bool(self.mu_set):
-            raise ValueError("ncmi: the first training batch sets the centre μ and needs "
-                             "at least 2 samples (one sample would be centred to 0)")
-        rate = 1.0 - self.ema_decay * self.mu_set.to(z.dtype)
-        self.mu.lerp_(z.mean(0), rate)
-        self.mu_set.fill_(True)
-
     def outputs(self, z: Tensor) -> HeadOutput:
         zc = z.float() - self.mu
         z_tilde = zc / (zc.norm(dim=-1, keepdim=True).clamp_min(1e-12) * self.temperature)
         log_p = log_nsf(z_tilde)
         return HeadOutput(p=log_p.exp(), log_p=log_p, z_tilde=z_tilde)
 
-    def terms(self, log_p: Tensor, log_q: Tensor, y: Tensor,
-              p: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def terms(self, log_p: Tensor, log_q: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Concentration D (B,) and separation G (B,) in nats from log p (B×m), log q (C×m)
-        and labels y (B,); ``p`` = exp(log p) when already at hand."""
+        and labels y (B,), with autograd through both (the plain-formula reference of the
+        fused training loss, used by the q-step when no backward ran)."""
         yi = y[:, None]
-        d = kl_matrix(log_p, log_q, p).gather(1, yi).squeeze(1)
+        d = kl_matrix(log_p, log_q).gather(1, yi).squeeze(1)
         kl_q_p = kl_matrix(log_q, log_p).transpose(0, 1)  # (B×C): KL(q_c ‖ p_i)
         g = (kl_q_p.sum(1) - kl_q_p.gather(1, yi).squeeze(1)) / (self.n_classes - 1)
         return d, g
@@ -246,21 +155,28 @@ class NCMILoss(SlideLoss):
         return d.sum() / (g.sum() + self.epsilon)
 
     def compute(self, z: Tensor, y: Tensor) -> LossOutput:
-        """θ-step loss; in training mode updates μ first.
+        """θ-step loss; in training mode μ is updated with the batch mean first.
 
         Backward fills the network's gradients and, in ``learned`` mode, w's gradient at fixed
         p, which only :meth:`centroid_step` applies (any stale one is dropped here).
         """
         z = z.float()
-        if self.training:
-            self._update_centre(z.detach())
+        if self.training and z.shape[0] < 2 and not bool(self.mu_set):
+            raise ValueError("ncmi: the first training batch sets the centre μ and needs "
+                             "at least 2 samples (one sample would be centred to 0)")
         if self.w.requires_grad:
             self.w.grad = None
-        loss, d, g, log_p, p, z_tilde = fused_ncmi_loss(
-            z, self.mu, self.w, y, self.temperature, self.epsilon, self.centroid_map, self.ratio)
+        options = FusedOptions(self.temperature, self.epsilon, self.centroid_map == "nsf",
+                               self.ratio == "sample",
+                               self.ema_decay if self.training else None)
+        loss, log_p, p, z_tilde, mu, concentration, separation = fused_ncmi_loss(
+            z, self.mu, self.mu_set, self.w, y, options)
+        if self.training:
+            self.mu.copy_(mu)
+            self.mu_set.fill_(True)
         self._last = (log_p, y.detach(), loss.detach())
         return LossOutput(loss=loss, head=HeadOutput(p=p, log_p=log_p, z_tilde=z_tilde),
-                          terms={"concentration": d.mean(), "separation": g.mean()})
+                          terms={"concentration": concentration, "separation": separation})
 
     @torch.no_grad()
     def _sgd_step(self) -> None:
