@@ -121,3 +121,19 @@ def test_too_few_patients_for_the_folds_is_an_input_error():
     df, y = cohort(n_patients=3)
     with pytest.raises(InputError, match="3 patient"):
         make_splits(df, y, SPLIT, seed=0)
+
+
+def test_blank_patient_ids_make_each_slide_its_own_patient():
+    """BRACS' group list has no patient column: blank ids must not merge every slide into
+    one patient."""
+    import numpy as np
+    import pandas as pd
+
+    from wsi_ncmi.splits import make_splits, validate_splits
+
+    df = pd.DataFrame({"slide_id": [f"s{i}" for i in range(20)], "patient_id": [""] * 20})
+    y = np.array([i % 2 for i in range(20)])
+    splits = make_splits(df, y, {"method": "kfold", "k": 5, "val_fraction": 0.2}, seed=0)
+    validate_splits(splits, df, "kfold", "test")
+    assert len(splits["folds"]) == 5
+    assert all(len(f["test"]) == 4 for f in splits["folds"])

@@ -26,6 +26,13 @@ from .errors import InputError
 PARTS = ("train", "val", "test")
 
 
+def patient_keys(df: pd.DataFrame) -> pd.Series:
+    """Grouping key per row: its ``patient_id``, or — when blank (unknown, e.g. BRACS'
+    group list) — the slide itself, as the evaluation's bootstrap treats it."""
+    patients = df["patient_id"].astype(str).str.strip()
+    return ("patient:" + patients).where(patients != "", "slide:" + df["slide_id"])
+
+
 def make_splits(df: pd.DataFrame, y: np.ndarray, split_cfg: dict, seed: int) -> dict:
     """Splits of the manifest ``df`` (columns ``slide_id``, ``patient_id`` and the split or
     group column) with class indices ``y`` (one per row), as a ``splits.json`` record."""
@@ -48,7 +55,7 @@ def validate_splits(splits: dict, df: pd.DataFrame, method: str, source: str) ->
     if splits.get("method") != method:
         raise InputError(f"{source}: made with split method {splits.get('method')!r}, the "
                          f"config asks for {method!r} (use another output folder)")
-    patient = dict(zip(df["slide_id"], df["patient_id"], strict=True))
+    patient = dict(zip(df["slide_id"], patient_keys(df), strict=True))
     problems = []
     for i, fold in enumerate(splits["folds"]):
         problems += _fold_problems(fold, i, patient)
@@ -78,7 +85,8 @@ def _fold_problems(fold: dict, index: int, patient: dict[str, str]) -> list[str]
     for sid, parts in where.items():
         if sid in patient:
             parts_of[patient[sid]].update(parts)
-    straddle = [f"{pid} ({'+'.join(sorted(p))})" for pid, p in parts_of.items() if len(p) > 1]
+    straddle = [f"{pid.removeprefix('patient:')} ({'+'.join(sorted(p))})"
+                for pid, p in parts_of.items() if len(p) > 1]
     if straddle:
         problems.append(f"{name}: patient(s) in several parts: {', '.join(straddle)}")
     if not fold["train"]:
@@ -98,7 +106,7 @@ def _column_fold(df: pd.DataFrame, column: str) -> dict:
 
 
 def _kfold(df: pd.DataFrame, y: np.ndarray, k: int, val_fraction: float, seed: int) -> list:
-    groups = df["patient_id"].to_numpy()
+    groups = patient_keys(df).to_numpy()
     if len(set(groups)) < k:
         raise InputError(f"kfold: {len(set(groups))} patient(s) cannot fill {k} folds")
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -116,15 +124,15 @@ def _logo(df: pd.DataFrame, y: np.ndarray, column: str, val_fraction: float, see
     empty = df.loc[group == "", "slide_id"]
     if len(empty):
         raise InputError(f"manifest column {column!r} is empty for slide(s) {', '.join(empty)}")
-    per_patient = group.groupby(df["patient_id"]).nunique()
+    per_patient = group.groupby(patient_keys(df)).nunique()
     mixed = per_patient[per_patient > 1].index.tolist()
     if mixed:
         raise InputError(f"leave-one-group-out: patient(s) in several {column!r} groups: "
-                         f"{', '.join(mixed)}")
+                         f"{', '.join(m.removeprefix('patient:') for m in mixed)}")
     values = sorted(group.unique())
     if len(values) < 2:
         raise InputError(f"leave-one-group-out needs ≥ 2 values in column {column!r}")
-    groups = df["patient_id"].to_numpy()
+    groups = patient_keys(df).to_numpy()
     folds = []
     for i, value in enumerate(values):
         test = np.flatnonzero(group.to_numpy() == value)
