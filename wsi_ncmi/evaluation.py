@@ -80,14 +80,18 @@ class FoldResult:
 
 def evaluate_run(run_dir: Path, split: str = "test", features_dir: Path | None = None,
                  manifest: Path | None = None, n_boot: int = 1000, seed: int = 0, *,
-                 probe_input: str = "z", device: str = "auto") -> Path:
+                 probe_input: str = "z", device: str = "auto", heatmaps: int = 0,
+                 slide_root: Path | None = None) -> Path:
     """Evaluate every fold of the run in ``run_dir`` on ``split`` (train | val | test) and
     write ``run_dir/eval/<split>/``; return that folder.
 
     ``features_dir``, ``manifest``: override ``data.features_dir`` / ``data.manifest`` of
     ``RUN/config.yaml``; ``n_boot``: bootstrap resamples (patients); ``seed``: seeds the
     bootstrap and the probe's cross-validation folds; ``probe_input``: ``z`` or ``z_tilde``
-    (NCMI runs only); ``device``: auto | cpu | cuda | cuda:N for running the model.
+    (NCMI runs only); ``device``: auto | cpu | cuda | cuda:N for running the model;
+    ``heatmaps``: draw attention heatmaps of this many most confident slides (linear probe)
+    into ``eval/<split>/heatmaps/``, their files found by the manifest's ``path`` column under
+    ``slide_root`` (:func:`wsi_ncmi.heatmaps.eval_heatmaps`).
     """
     if split not in SPLIT_PARTS:
         raise InputError(f"split must be one of {', '.join(SPLIT_PARTS)}, got {split!r}")
@@ -106,9 +110,14 @@ def evaluate_run(run_dir: Path, split: str = "test", features_dir: Path | None =
     metrics = build_metrics(results, data, run_dir, split, n_boot, seed, probe_input)
     out_dir = run_dir / "eval" / split
     outputs = write_outputs(out_dir, results, data, metrics)
+    if heatmaps > 0:
+        from .heatmaps import eval_heatmaps
+
+        outputs += eval_heatmaps(run_dir, results, data, heatmaps, slide_root,
+                                 out_dir / "heatmaps", dev)
     write_eval_record(out_dir, run_dir, data, split, outputs,
                       {"n_boot": n_boot, "seed": seed, "probe_input": probe_input,
-                       "device": dev})
+                       "device": dev, "heatmaps": heatmaps})
     return out_dir
 
 

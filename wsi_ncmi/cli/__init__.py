@@ -23,3 +23,5 @@ from . import evaluate  # noqa: E402,F401
 from . import manifest  # noqa: E402,F401
 from . import verify  # noqa: E402,F401
 from . import demo  # noqa: E402,F401
+from . import heatmap  # noqa: E402,F401
+from . import predict  # noqa: E402,F401

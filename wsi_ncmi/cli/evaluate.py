@@ -28,6 +28,12 @@ def eval_command(
     probe_input: Annotated[str, typer.Option(
         help="Linear-probe input: z (slide embedding) | z_tilde (NCMI runs only).")] = "z",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    heatmaps: Annotated[int, typer.Option(
+        help="Draw attention heatmaps of this many most confident slides (count; 0 = none).")
+    ] = 0,
+    slide_root: Annotated[Path | None, typer.Option(
+        help="Folder the manifest's slide paths are relative to, for --heatmaps (default: "
+        "the manifest's folder).")] = None,
     verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
 ) -> None:
     """Metrics with bootstrap intervals, predictions, plots and report.md for one split."""
@@ -40,7 +46,8 @@ def eval_command(
     setup_logging(verbose)
     try:
         out = evaluate_run(run, split, features_dir, manifest, n_boot, seed,
-                           probe_input=probe_input, device=device)
+                           probe_input=probe_input, device=device, heatmaps=heatmaps,
+                           slide_root=slide_root)
     except InputError as exc:
         fail(exc)
     metrics = json.loads((out / "metrics.json").read_text())

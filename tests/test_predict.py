@@ -1,0 +1,213 @@
+"""`wsi-ncmi predict` on generated slides with a model trained on the same kind of slides
+through the real pipeline (tile → extract with a tiny seeded encoder → train NCMI)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from wsi_ncmi.batch import jobs_from_paths
+from wsi_ncmi.cli import app
+from wsi_ncmi.encoders import save_seeded_checkpoint
+from wsi_ncmi.errors import InputError
+from wsi_ncmi.extraction import ExtractConfig, extract_batch
+from wsi_ncmi.featurefile import read_features
+from wsi_ncmi.heads import fit_linear_probe
+from wsi_ncmi.prediction import choose_folds, probe_proba, probe_record
+from wsi_ncmi.provenance import verify_record
+from wsi_ncmi.synthetic import write_synthetic_slide
+from wsi_ncmi.tiling import TileConfig, tile_batch
+from wsi_ncmi.training import feature_settings, train_run
+
+W, H = 2048, 1536
+CLASSES = ["normal", "lesion"]
+# deliberately not the predict/tile defaults: predict must take them from the run
+TILING = TileConfig(mpp=1.0, tile_size=32, min_tissue=0.5)
+
+
+def write_slide(path: Path, seed: int, lesion: bool) -> None:
+    write_synthetic_slide(path, W, H, seed=seed, lesion="dense" if lesion else None,
+                          downsamples=(1, 4, 16))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("predict")
+    train_slides, new_slides = root / "train_slides", root / "new_slides"
+    train_slides.mkdir()
+    new_slides.mkdir()
+    rows = []
+    for i in range(8):
+        sid = f"t{i}"
+        write_slide(train_slides / f"{sid}.tif", 300 + i, lesion=bool(i % 2))
+        rows.append({"slide_id": sid, "path": f"{sid}.tif", "label": CLASSES[i % 2],
+                     "patient_id": f"p{i}", "split": "val" if i >= 6 else "train"})
+    manifest = root / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    ws = root / "ws"
+    jobs = jobs_from_paths(sorted(train_slides.glob("*.tif")))
+    assert tile_batch(jobs, ws, TILING).ok
+    ckpt = root / "encoder.safetensors"
+    save_seeded_checkpoint("test_resnet", ckpt, seed=3)
+    assert extract_batch(jobs, ws, ExtractConfig(encoder="test_resnet", weights=ckpt,
+                                                 device="cpu", workers=0)).ok
+    config = {"task": {"name": "lesion", "label_column": "label", "classes": CLASSES},
+              "split": {"method": "column", "column": "split"},
+              "model": {"embed_dim": 8, "attn_dim": 8}, "loss": {"name": "ncmi"},
+              "optim": {"epochs": 8, "batch_size": 3, "lr": 5e-3},
+              "device": "cpu", "seed": 0}
+    run = train_run(config, root / "run", ws / "features" / "test_resnet", manifest)
+    write_slide(new_slides / "new_a.tif", 400, lesion=True)
+    write_slide(new_slides / "new_b.tif", 401, lesion=False)
+    shutil.copy(train_slides / "t0.tif", new_slides / "t0.tif")  # a slide the model has seen
+    out = root / "out"
+    result = invoke(run, new_slides, out, "--weights", ckpt)
+    assert result.exit_code == 0, result.output
+    return {"root": root, "run": run, "ckpt": ckpt, "new": new_slides, "out": out, "ws": ws,
+            "first": result}
+
+
+def invoke(run: Path, slides: Path, out: Path, *extra):
+    return CliRunner().invoke(app, ["predict", "--model", str(run), str(slides), "--out",
+                                    str(out), "--device", "cpu", "--workers", "0",
+                                    *map(str, extra)])
+
+
+def read_predictions(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "predictions.csv", dtype={"slide_id": str})
+
+
+def test_predictions_csv(setup):
+    pred = read_predictions(setup["out"])
+    assert list(pred.columns) == ["slide_id", "predicted_class", "prob_normal", "prob_lesion",
+                                  "head", "folds", "review", "n_tiles"]
+    assert pred["slide_id"].tolist() == ["new_a", "new_b", "t0"]
+    probs = pred[["prob_normal", "prob_lesion"]].to_numpy()
+    assert ((probs >= 0) & (probs <= 1)).all()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-9)
+    assert pred["predicted_class"].tolist() == [CLASSES[k] for k in probs.argmax(1)]
+    assert (pred["review"] == (probs.max(1) < 0.8)).all()
+    assert (pred["head"] == "linear_probe").all() and (pred["folds"].astype(str) == "0").all()
+    for sid, n in zip(pred["slide_id"], pred["n_tiles"], strict=True):
+        assert n == len(read_features(setup["out"] / "features" / "test_resnet" /
+                                      f"{sid}.h5")[1]) > 0
+        assert (setup["out"] / "heatmaps" / f"{sid}.png").stat().st_size > 0
+        gj = json.loads((setup["out"] / "heatmaps" / f"{sid}.geojson").read_text())
+        assert len(gj["features"]) == n
+        ledger = json.loads((setup["out"] / "ledger" / "predict" / f"{sid}.json").read_text())
+        assert ledger["status"] == "done"
+    assert verify_record(setup["out"] / "provenance" / "predict-all.json") == []
+
+
+def test_predict_reproduces_the_training_features_and_probe(setup):
+    """A slide the model was trained on, predicted from its slide file: predict tiles and
+    encodes it exactly as the training features were made (settings from RUN/features.json),
+    and its probabilities are the stored probe applied to its training embedding."""
+    _, c_train, _ = read_features(setup["ws"] / "features" / "test_resnet" / "t0.h5")
+    f_train = read_features(setup["ws"] / "features" / "test_resnet" / "t0.h5")[0]
+    f_new, c_new, attrs = read_features(setup["out"] / "features" / "test_resnet" / "t0.h5")
+    np.testing.assert_array_equal(c_new, c_train)
+    np.testing.assert_allclose(f_new, f_train, rtol=1e-5, atol=1e-6)
+    assert json.loads(attrs["tiling"])["tile_size"] == 32
+
+    probe = json.loads((setup["run"] / "fold_0" / "probe.json").read_text())
+    emb = np.load(setup["run"] / "fold_0" / "embeddings.npz")
+    z = emb["z"][list(emb["slide_id"]).index("t0")][None]
+    pred = read_predictions(setup["out"]).set_index("slide_id")
+    np.testing.assert_allclose(pred.loc["t0", ["prob_normal", "prob_lesion"]].to_numpy(float),
+                               probe_proba(probe, z)[0], atol=1e-4)
+
+
+def test_stored_probe_equals_the_scikit_learn_probe():
+    rng = np.random.default_rng(0)
+    for n_classes in (2, 3):
+        y = np.repeat(np.arange(n_classes), 12)
+        x = rng.normal(size=(len(y), 5)) + y[:, None] * 0.8
+        probe = fit_linear_probe(x, y, n_classes, seed=0)
+        record = json.loads(json.dumps(probe_record(probe, [str(c) for c in range(n_classes)])))
+        new = rng.normal(size=(7, 5))
+        np.testing.assert_allclose(probe_proba(record, new), probe.scores(new), rtol=1e-10,
+                                   atol=1e-12)
+
+
+def test_rerun_skips_finished_slides_and_rethresholds(setup):
+    out = setup["out"]
+    watched = [out / "predictions" / "new_a.json", out / "heatmaps" / "new_b.png",
+               out / "features" / "test_resnet" / "t0.h5"]
+    before = {p: p.stat().st_mtime_ns for p in watched}
+    result = invoke(setup["run"], setup["new"], out, "--weights", setup["ckpt"],
+                    "--review-threshold", "1.0")
+    assert result.exit_code == 0, result.output
+    assert "0 done, 3 already complete, 0 failed" in result.output
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
+    assert read_predictions(out)["review"].all()
+
+
+def test_refuses_other_encoder_weights(setup, tmp_path):
+    other = tmp_path / "other.safetensors"
+    save_seeded_checkpoint("test_resnet", other, seed=4)
+    result = invoke(setup["run"], setup["new"], tmp_path / "out", "--weights", other)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "sha256" in lines[0] and "refusing" in lines[0]
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+
+
+def test_refuses_when_encoder_weights_cannot_be_found(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
+    result = invoke(setup["run"], setup["new"], tmp_path / "out")
+    assert result.exit_code == 2
+    assert "cannot be found" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_choose_folds(tmp_path):
+    (tmp_path / "splits.json").write_text(json.dumps(
+        {"folds": [{"fold": k, "train": [], "val": [], "test": []} for k in range(3)]}))
+    assert choose_folds(tmp_path, 2, False) == [2]
+    assert choose_folds(tmp_path, None, True) == [0, 1, 2]
+    with pytest.raises(InputError, match="3 folds; choose --fold K or --all-folds"):
+        choose_folds(tmp_path, None, False)
+    with pytest.raises(InputError, match="no fold 5"):
+        choose_folds(tmp_path, 5, False)
+
+
+def test_feature_settings_must_agree_across_slides(tmp_path):
+    """Training refuses feature files made differently (listing the slides), but accepts
+    the per-slide µm/px differences of mixed scanners within the level tolerance."""
+    from wsi_ncmi.bags import inspect_bag
+
+    tiling = json.dumps({"target_mpp": 0.5, "tile_size": 224, "overlap": 0, "min_tissue": 0.25,
+                         "seg_mpp": 8.0, "level_tolerance": 0.05})
+
+    def bag(sid: str, mpp: float, sha: str, resize: str, tiling: str = tiling) -> Path:
+        path = tmp_path / f"{sid}.h5"
+        with h5py.File(path, "w") as f:
+            f["features"] = np.zeros((2, 4), np.float32)
+            f["coords"] = np.zeros((2, 2), np.int64)
+            f.attrs.update(encoder="enc", weights_sha256=sha, random_weights=False,
+                           input_mpp=mpp, tile_size=224, tiling=tiling,
+                           preprocessing=json.dumps({"input_size": 224, "resize": resize}))
+        return path
+
+    infos = {s: inspect_bag(bag(s, m, "aaa", r))
+             for s, m, r in (("a", 0.5, "none"), ("b", 0.51, "cv2.INTER_AREA"))}
+    settings = feature_settings(infos)
+    assert settings["input_mpp_range"] == [0.5, 0.51] and settings["weights_sha256"] == "aaa"
+    assert settings["preprocessing"] == {"input_size": 224}
+    infos["c"] = inspect_bag(bag("c", 0.5, "bbb", "none"))
+    infos["d"] = inspect_bag(bag("d", 0.6, "aaa", "none"))
+    with pytest.raises(InputError) as err:
+        feature_settings(infos)
+    message = str(err.value)
+    assert "weights_sha256" in message and "(c)" in message and "input_mpp" in message
+    assert "(d)" in message and "\n" not in message
+    # tiles from CLAM: no tiling settings, µm/px unknown (extract writes -1)
+    foreign = {s: inspect_bag(bag(s, -1.0, "aaa", "none", "{}")) for s in ("e", "f")}
+    assert feature_settings(foreign)["input_mpp"] is None

@@ -1,0 +1,53 @@
+"""``wsi-ncmi heatmap``: where a trained model looked on one slide (PNG + QuPath GeoJSON)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app
+from .common import fail, setup_logging
+
+
+@app.command()
+def heatmap(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `wsi-ncmi train`.")],
+    slide_id: Annotated[str, typer.Argument(help="Slide id (its feature file is "
+                                            "<slide_id>.h5).")],
+    slide: Annotated[Path, typer.Option(help="The slide file (drawn as the thumbnail).")],
+    fold: Annotated[int | None, typer.Option(
+        help="Fold number whose model to use (default: the fold whose test part holds the "
+        "slide; fold 0 of a single-fold run).")] = None,
+    head: Annotated[str, typer.Option(
+        help="Head whose prediction the title shows: linear_probe | centroid | classifier.")
+    ] = "linear_probe",
+    features_dir: Annotated[Path | None, typer.Option(
+        help="Folder of <slide_id>.h5 feature files (default: data.features_dir of "
+        "RUN/config.yaml).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Folder for <slide_id>.png and .geojson (default: "
+        "RUN/heatmaps/fold_<k>).")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
+) -> None:
+    """Attention per tile over the slide thumbnail (PNG) and as QuPath detections (GeoJSON)."""
+    from ..errors import InputError
+    from ..extraction import select_device
+    from ..heatmaps import run_heatmap
+    from ..provenance import write_record
+
+    setup_logging(verbose)
+    try:
+        dev = str(select_device(device))
+        paths = run_heatmap(run, slide_id, slide, fold=fold, features_dir=features_dir,
+                            out_dir=out, head=head, device=dev)
+    except InputError as exc:
+        fail(exc)
+    write_record(paths[0].parent / "provenance", command="heatmap",
+                 config={"run": str(run), "slide_id": slide_id, "fold": fold, "head": head,
+                         "features_dir": features_dir, "device": dev},
+                 inputs=[slide, run / "config.yaml", run / "splits.json"],
+                 outputs=paths, name=f"heatmap-{slide_id}.json")
+    typer.echo(f"wrote {', '.join(map(str, paths))}")
