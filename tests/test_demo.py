@@ -41,3 +41,5 @@ def test_demo_table_matches_metrics_files(tmp_path):
         assert float(line.group(3)) == float(f"{ncmi['ncmi']['gamma']:.4g}")
     assert (out / "comparison" / "comparison.md").is_file()
     assert list((out / "workspace" / "previews").glob("*.png"))
+    heatmaps = list((out / "runs" / "ncmi" / "eval" / "test" / "heatmaps").glob("*.png"))
+    assert heatmaps and all(f"heatmap {p}" in proc.stdout for p in heatmaps)

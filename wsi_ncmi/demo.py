@@ -121,10 +121,13 @@ def run_demo(config: DemoConfig) -> dict:
         runs[loss] = out / "runs" / loss
         train_run(_train_config(loss, config), runs[loss], features, manifest,
                   command=f"demo train {loss}")
-        evaluate_run(runs[loss], "test", n_boot=config.n_boot, seed=config.seed)
+        evaluate_run(runs[loss], "test", n_boot=config.n_boot, seed=config.seed,
+                     heatmaps=config.heatmaps, slide_root=out / "slides")
     comparison = compare_runs([runs[k] for k in LOSSES], out / "comparison", "test",
                               "linear_probe", config.n_boot, config.seed)
-    return {"rows": table_rows(runs), "runs": runs, "comparison": comparison}
+    heatmaps = sorted((runs["ncmi"] / "eval" / "test" / "heatmaps").glob("*.png"))
+    return {"rows": table_rows(runs), "runs": runs, "comparison": comparison,
+            "heatmaps": heatmaps}
 
 
 def _train_config(loss: str, config: DemoConfig) -> dict:
