@@ -13,6 +13,7 @@ Record fields: ``slide_id``, ``stage``, ``status`` (``running`` | ``done`` | ``f
 
 from __future__ import annotations
 
+import csv
 import glob
 import hashlib
 import json
@@ -185,9 +186,8 @@ class Ledger:
         write_json(self.path(slide_id), {"slide_id": slide_id, "stage": self.stage, **record})
 
     def merge(self) -> Path:
-        """Rewrite ``ledger/<stage>.csv`` from every record (all shards); return its path."""
-        import pandas as pd
-
+        """Rewrite ``ledger/<stage>.csv`` from every record (all shards); return its path.
+        Columns: the union of the records' fields, in order of first appearance."""
         from .atomic import atomic_path
 
         rows = []
@@ -198,9 +198,12 @@ class Ledger:
                 continue
             rec["outputs"] = json.dumps(rec.get("outputs", {}))
             rows.append(rec)
+        columns = list(dict.fromkeys(k for rec in rows for k in rec))
         out = self.workspace / "ledger" / f"{self.stage}.csv"
-        with atomic_path(out) as tmp:
-            pd.DataFrame(rows).to_csv(tmp, index=False)
+        with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
         return out
 
 

@@ -25,7 +25,7 @@ class TissueSettings:
     """``seg_mpp``: µm/px of the overview segmented. Areas in mm². ``close_um``: radius of
     the closing that joins tissue fragments, in µm."""
 
-    seg_mpp: float = 8.0
+    seg_mpp: float = 16.0
     min_saturation: int = 20
     close_um: float = 24.0
     min_tissue_area_mm2: float = 0.01

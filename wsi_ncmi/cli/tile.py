@@ -36,7 +36,7 @@ def tile(
                                                    "which a pyramid level is read as is "
                                                    "(0.05 = 5 %).")] = 0.05,
     seg_mpp: Annotated[float, typer.Option(help="Resolution of the overview used for tissue "
-                                           "segmentation, µm/px.")] = 8.0,
+                                           "segmentation, µm/px.")] = 16.0,
     fallback_mpp: Annotated[float | None, typer.Option(
         help="Level-0 µm/px for slides whose metadata has none (used only for those).")] = None,
     manifest: ManifestOption = None,
