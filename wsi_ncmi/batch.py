@@ -149,6 +149,14 @@ def select_jobs(inputs: Sequence[str] | None, manifest: Path | None,
     return jobs
 
 
+def record_tag(jobs: Sequence[SlideJob], shard: str | None) -> str:
+    """Names a run's provenance record: the slide id when the run is one slide (one job per
+    slide on a cluster: records must not overwrite each other), else ``IofN`` or ``all``."""
+    if shard is None and len(jobs) == 1:
+        return jobs[0].slide_id
+    return "all" if shard is None else shard.replace("/", "of")
+
+
 def parse_shard(shard: str | None) -> tuple[int, int]:
     """``"I/N"`` → (I, N) with 0 ≤ I < N; None → (0, 1)."""
     if shard is None:

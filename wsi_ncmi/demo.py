@@ -97,7 +97,8 @@ def run_demo(config: DemoConfig) -> dict:
     from .compare import compare_runs
     from .encoders import save_seeded_checkpoint
     from .evaluation import evaluate_run
-    from .extraction import ExtractConfig, extract_batch, features_dir
+    from .extraction import ExtractConfig, extract_batch
+    from .featurefile import features_dir
     from .tiling import TileConfig, tile_batch
     from .training import train_run
 

@@ -24,7 +24,7 @@ from .atomic import atomic_path, remove_stale_temps
 from .batch import BatchSummary, Ledger, SlideJob, in_shard, parse_shard, run_batch
 from .encoders import Encoder, load_encoder
 from .errors import InputError
-from .featurefile import SCHEMA_VERSION, is_complete
+from .featurefile import SCHEMA_VERSION, features_path, is_complete
 from .reading import ReadSpec, TileReader, region_runs, resolve_grid
 from .slide import open_slide
 from .tilefile import read_tile_file, settings_key
@@ -71,15 +71,6 @@ def extract_key(encoder: Encoder, config: ExtractConfig, precision: str) -> str:
     return settings_key({"encoder": encoder.spec.name, "weights": encoder.weights_sha256,
                          "precision": precision, "fp16_storage": config.fp16_storage,
                          "input_size": encoder.spec.input_size})
-
-
-def features_dir(workspace: Path, encoder: str) -> Path:
-    """``WORKSPACE/features/<encoder>`` (an ``hf-hub:org/name`` encoder → ``hf-hub_org_name``)."""
-    return workspace / "features" / encoder.replace("hf-hub:", "hf-hub_").replace("/", "_")
-
-
-def features_path(workspace: Path, encoder: str, slide_id: str) -> Path:
-    return features_dir(workspace, encoder) / f"{slide_id}.h5"
 
 
 def extract_slide(

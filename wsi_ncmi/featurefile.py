@@ -37,6 +37,16 @@ from .errors import InputError
 SCHEMA_VERSION = 1
 
 
+def features_dir(workspace: Path, encoder: str) -> Path:
+    """``WORKSPACE/features/<encoder>`` (an ``hf-hub:org/name`` encoder → ``hf-hub_org_name``)."""
+    return workspace / "features" / encoder.replace("hf-hub:", "hf-hub_").replace("/", "_")
+
+
+def features_path(workspace: Path, encoder: str, slide_id: str) -> Path:
+    """``WORKSPACE/features/<encoder>/<slide_id>.h5``."""
+    return features_dir(workspace, encoder) / f"{slide_id}.h5"
+
+
 def read_features(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
     """(features N×D float32, coords N×2 int64, root attributes) of a feature file of ours,
     CLAM's or TRIDENT's; :class:`InputError` naming the file when it cannot be used."""

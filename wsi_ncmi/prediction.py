@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .atomic import atomic_path, write_json
-from .batch import BatchSummary, Ledger, SlideJob, in_shard, parse_shard, run_batch
+from .batch import BatchSummary, Ledger, SlideJob, in_shard, parse_shard, record_tag, run_batch
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -453,7 +453,7 @@ def predict_batch(jobs: list[SlideJob], out_dir: Path, config: PredictConfig,
     outputs = [csv_path] + [p for j in finished for p in step.outputs(j.slide_id)]
     inputs = [j.path for j in finished] + model_files + [Path(config.run) / FEATURES_FILE]
     inputs += [config.weights] if config.weights else []
-    tag = "all" if shard is None else shard.replace("/", "of")  # as tile/extract name theirs
+    tag = record_tag(jobs, shard)
     record = write_record(out_dir / "provenance", command="predict",
                           config={**asdict(config), "shard": shard, "feature_settings": settings,
                                   "probe_seed": PROBE_SEED},
@@ -475,7 +475,7 @@ class _SlideSteps:
     key: str
 
     def features(self, slide_id: str) -> Path:
-        from .extraction import features_path
+        from .featurefile import features_path
 
         return features_path(self.out_dir, self.extract_cfg.encoder, slide_id)
 

@@ -67,7 +67,8 @@ def settings_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def write_tile_file(path: Path, coords: np.ndarray, tissue_fraction: np.ndarray, attrs: dict) -> None:
+def write_tile_file(path: Path, coords: np.ndarray, tissue_fraction: np.ndarray,
+                    attrs: dict) -> None:
     """Write a tile file atomically. ``attrs`` are stored on ``coords`` beside
     ``schema_version``, ``wsi_ncmi_version`` and ``n_tiles``."""
     import h5py

@@ -52,7 +52,8 @@ def outputs_for(workspace: Path, slide_id: str) -> dict[str, Path]:
 
 
 def tile_slide(
-    path: Path, slide_id: str, workspace: Path, config: TileConfig, mpp_override: float | None = None
+    path: Path, slide_id: str, workspace: Path, config: TileConfig,
+    mpp_override: float | None = None,
 ) -> dict:
     """Tile one slide; return its ledger fields (``n_tiles``, ``effective_mpp``, outputs…)."""
     out = outputs_for(workspace, slide_id)

@@ -48,7 +48,3 @@ def finish_batch(summary) -> None:
     if not summary.ok:
         raise typer.Exit(1)
 
-
-def shard_tag(shard: str | None) -> str:
-    """``"all"`` or ``"IofN"``: names one shard's provenance record."""
-    return "all" if shard is None else shard.replace("/", "of")

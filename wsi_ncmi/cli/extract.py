@@ -17,7 +17,6 @@ from .common import (
     fail,
     finish_batch,
     setup_logging,
-    shard_tag,
 )
 
 
@@ -55,9 +54,10 @@ def extract(
     verbose: VerboseOption = False,
 ) -> None:
     """Run a frozen encoder over every tile; stream features to one HDF5 per slide."""
-    from ..batch import select_jobs
+    from ..batch import record_tag, select_jobs
     from ..errors import InputError
-    from ..extraction import ExtractConfig, extract_batch, features_path
+    from ..extraction import ExtractConfig, extract_batch
+    from ..featurefile import features_path
     from ..provenance import write_record
 
     setup_logging(verbose)
@@ -80,5 +80,5 @@ def extract(
                  inputs=[j.path for j in jobs if j.slide_id in complete]
                  + ([weights] if weights else []),
                  outputs=[features_path(out, encoder, s) for s in complete],
-                 name=f"extract-{shard_tag(shard)}.json")
+                 name=f"extract-{record_tag(jobs, shard)}.json")
     finish_batch(summary)

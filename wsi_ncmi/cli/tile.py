@@ -17,7 +17,6 @@ from .common import (
     fail,
     finish_batch,
     setup_logging,
-    shard_tag,
 )
 
 
@@ -45,7 +44,7 @@ def tile(
     verbose: VerboseOption = False,
 ) -> None:
     """Find tissue and lay a tile grid at a true µm/px; one HDF5 per slide."""
-    from ..batch import select_jobs
+    from ..batch import record_tag, select_jobs
     from ..errors import InputError
     from ..provenance import write_record
     from ..tiling import TileConfig, outputs_for, tile_batch
@@ -64,7 +63,7 @@ def tile(
     produced = [p for sid in sorted(complete) for p in outputs_for(out, sid).values()]
     write_record(out / "provenance", command="tile", config=_config_dict(config, shard),
                  inputs=[j.path for j in jobs if j.slide_id in complete],
-                 outputs=produced, name=f"tile-{shard_tag(shard)}.json")
+                 outputs=produced, name=f"tile-{record_tag(jobs, shard)}.json")
     finish_batch(summary)
 
 
