@@ -212,8 +212,8 @@ def test_killed_batch_resumes(tmp_path):
     ledger = ws / "ledger" / "tile"
     deadline = time.time() + 60
     while time.time() < deadline:
-        done = [p for p in ledger.glob("*.json") if '"done"' in p.read_text()] if ledger.exists() else []
-        if done:
+        records = list(ledger.glob("*.json")) if ledger.exists() else []
+        if any('"done"' in p.read_text() for p in records):
             break
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
