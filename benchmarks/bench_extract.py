@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--overlap", type=int, default=0, help="px")
     ap.add_argument("--min-tissue", type=float, default=0.25,
                     help="0 keeps every grid tile (to make a 100 000-tile slide)")
+    ap.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
     ap.add_argument("--skip-e2e", action="store_true", help="only the two raw rates")
     ap.add_argument("--cache", type=Path, default=Path("bench_out"))
     args = ap.parse_args()
@@ -87,10 +88,11 @@ def main() -> None:
     device = select_device(args.device)
     workers = ExtractConfig().workers if args.workers is None else args.workers
     config = ExtractConfig(encoder=args.encoder, random_weights=True, device=args.device,
-                           batch_size=args.batch_size, workers=workers)
+                           batch_size=args.batch_size, workers=workers,
+                           precision=args.precision)
     encoder = load_encoder(args.encoder, random_weights=True)
     encoder.model.to(device, memory_format=torch.channels_last)
-    precision = precision_for(encoder, device)
+    precision = precision_for(encoder, device, args.precision)
     print(f"machine: {machine()}; device {device}"
           + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
     with tempfile.TemporaryDirectory() as tmp:

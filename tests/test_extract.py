@@ -131,7 +131,7 @@ def test_region_reads_equal_single_tile_reads(slide_path):
 
 def test_features_match_a_direct_model_call(workspace, slide_dir, checkpoint):
     run_cli("extract", slide_dir, "--out", workspace, "--encoder", SMALL, "--weights",
-            checkpoint, "--workers", "1", "--batch-size", "7")
+            checkpoint, "--workers", "1", "--batch-size", "7", "--precision", "fp32")
     feats, coords, attrs = read_features(workspace / "features" / SMALL / "slide_1.h5")
     grid = read_tile_file(workspace / "tiles" / "slide_1.h5")
     np.testing.assert_array_equal(coords, grid.coords)
@@ -153,7 +153,7 @@ def test_features_match_a_direct_model_call(workspace, slide_dir, checkpoint):
 
 def test_rerun_skips_complete_and_redoes_truncated(workspace, slide_dir, checkpoint):
     args = ["extract", slide_dir, "--out", workspace, "--encoder", SMALL, "--weights",
-            checkpoint, "--workers", "0"]
+            checkpoint, "--workers", "0", "--precision", "fp32"]
     run_cli(*args)
     folder = workspace / "features" / SMALL
     mtimes = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.h5")}
@@ -207,11 +207,12 @@ def test_clam_and_trident_coordinate_files(workspace, slide_dir, checkpoint, tmp
             ds = f.create_dataset("coords", data=ours.coords)
             for k, v in attrs.items():
                 ds.attrs[k] = v
-    ref = read_features(workspace / "features" / SMALL / "slide_0.h5")[0]
+    ref = read_features(workspace / "features" / SMALL / "slide_0.h5")[0]  # fp32
     for folder, fmt in [(clam, "clam"), (trident, "trident")]:
         ws = tmp_path / f"ws_{fmt}"
         run_cli("extract", slide_dir / "slide_0.tif", "--out", ws, "--tiles", folder,
-                "--encoder", SMALL, "--weights", checkpoint, "--workers", "0")
+                "--encoder", SMALL, "--weights", checkpoint, "--workers", "0",
+                "--precision", "fp32")
         feats, coords, attrs = read_features(ws / "features" / SMALL / "slide_0.h5")
         assert attrs["tile_format"] == fmt
         np.testing.assert_array_equal(coords, ours.coords)
@@ -226,3 +227,22 @@ def test_empty_tile_file_gives_an_empty_bag(tmp_path, checkpoint):
     run_cli("extract", src, "--out", ws, "--encoder", SMALL, "--weights", checkpoint)
     feats, coords, _ = read_features(ws / "features" / SMALL / "tiny.h5")
     assert feats.shape[0] == 0 and coords.shape == (0, 2)
+
+
+def test_auto_precision_on_cpu_is_bf16_where_native_and_close_to_fp32(workspace, slide_dir,
+                                                                      checkpoint, tmp_path):
+    from wsi_ncmi.extraction import _cpu_has_bf16
+
+    feats = {}
+    for precision in ("auto", "fp32"):
+        ws = tmp_path / precision
+        shutil.copytree(workspace / "tiles", ws / "tiles")
+        run_cli("extract", slide_dir / "slide_1.tif", "--out", ws, "--encoder", SMALL,
+                "--weights", checkpoint, "--workers", "0", "--device", "cpu",
+                "--precision", precision)
+        feats[precision], _, attrs = read_features(ws / "features" / SMALL / "slide_1.h5")
+        assert attrs["precision"] == precision or precision == "auto"
+    ref, feats = feats["fp32"], feats["auto"]
+    auto_attrs = read_features(tmp_path / "auto" / "features" / SMALL / "slide_1.h5")[2]
+    assert auto_attrs["precision"] == ("bf16" if _cpu_has_bf16() else "fp32")
+    assert np.linalg.norm(feats - ref) / np.linalg.norm(ref) < 0.02

@@ -441,7 +441,7 @@ def predict_batch(jobs: list[SlideJob], out_dir: Path, config: PredictConfig,
                                 workers=(ExtractConfig.workers if config.workers is None
                                          else config.workers))
     tile_cfg = tile_config_for(settings, config.fallback_mpp)
-    e_key = extract_key(encoder, extract_cfg, precision_for(encoder, device))
+    e_key = extract_key(encoder, extract_cfg, precision_for(encoder, device, extract_cfg.precision))
     model_files = _model_files(config.run, predictor)
     key = settings_key({"run": str(Path(config.run).resolve()), "folds": predictor.folds,
                         "head": config.head,

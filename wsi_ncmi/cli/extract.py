@@ -36,6 +36,9 @@ def extract(
         help="Allow fetching hub weights over the network (default: local cache only).")
     ] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(
+        help="Compute precision: auto (bf16 on CUDA and on CPUs with native bf16, else fp32) "
+        "| fp32 | bf16 | fp16.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Tiles per forward pass (count).")] = 64,
     workers: Annotated[int | None, typer.Option(
         help="Reader processes (count; 0 reads in the main process). Default: cores − 1, "
@@ -68,7 +71,7 @@ def extract(
             encoder=encoder, weights=weights, random_weights=random_weights, download=download,
             device=device, batch_size=batch_size,
             workers=defaults.workers if workers is None else workers,
-            fp16_storage=fp16_storage, max_bad_tiles=max_bad_tiles)
+            fp16_storage=fp16_storage, max_bad_tiles=max_bad_tiles, precision=precision)
         summary = extract_batch(jobs, out, config, shard, tiles)
     except InputError as exc:
         fail(exc)
