@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
-from .featurefile import read_features
+from .featurefile import feature_shape, read_features
 
 T = TypeVar("T")
 FP16_BYTES = 2
@@ -63,35 +63,10 @@ def feature_path(features_dir: Path, slide_id: str) -> Path:
 
 
 def inspect_bag(path: Path) -> BagInfo:
-    """Read only the shapes of a feature file; raise :class:`InputError` (one line naming the
-    file) when it is missing, unreadable, lacks ``features``/``coords`` or their shapes disagree.
-    A leading batch axis of 1 (kept by some CLAM/TRIDENT files) is accepted. An empty bag
-    (N = 0) is returned, not raised: callers decide."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: feature file not found")
-    try:
-        with h5py.File(path, "r") as f:
-            missing = [k for k in ("features", "coords") if k not in f]
-            if missing:
-                raise InputError(f"{path}: no {' or '.join(missing)} dataset (not a feature "
-                                 "file)")
-            feats, coords = _drop_batch_axis(f["features"].shape), _drop_batch_axis(
-                f["coords"].shape)
-            kind = f["features"].dtype.kind
-    except OSError as exc:
-        raise InputError(f"{path}: unreadable HDF5 ({' '.join(str(exc).split())}); truncated "
-                         "or corrupt") from None
-    if len(feats) != 2 or coords != (feats[0], 2):
-        raise InputError(f"{path}: features {feats} and coords {coords} do not match "
-                         "(expected N×D and N×2)")
-    if kind != "f":
-        raise InputError(f"{path}: features must be floating point")
-    return BagInfo(path, int(feats[0]), int(feats[1]))
-
-
-def _drop_batch_axis(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return shape[1:] if len(shape) == 3 and shape[0] == 1 else shape
+    """Read only the shapes of a feature file (:func:`wsi_ncmi.featurefile.feature_shape`
+    validates it); an empty bag (N = 0) is returned, not raised: callers decide."""
+    n, d = feature_shape(path)
+    return BagInfo(Path(path), n, d)
 
 
 def read_bag(path: Path) -> Tensor:

@@ -47,9 +47,11 @@ def features_path(workspace: Path, encoder: str, slide_id: str) -> Path:
     return features_dir(workspace, encoder) / f"{slide_id}.h5"
 
 
-def read_features(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(features N×D float32, coords N×2 int64, root attributes) of a feature file of ours,
-    CLAM's or TRIDENT's; :class:`InputError` naming the file when it cannot be used."""
+def feature_shape(path: str | Path) -> tuple[int, int]:
+    """(N, D) of a feature file of ours, CLAM's or TRIDENT's, reading shapes only;
+    :class:`InputError` naming the file when it is missing, unreadable, lacks
+    ``features``/``coords``, holds non-float features or the shapes disagree. A leading batch
+    axis of 1 (kept by some CLAM/TRIDENT files) is accepted; N = 0 (an empty bag) is allowed."""
     import h5py
 
     path = Path(path)
@@ -60,22 +62,40 @@ def read_features(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
             missing = [k for k in ("features", "coords") if k not in f]
             if missing:
                 raise InputError(f"{path}: no {' or '.join(missing)} dataset (not a feature file)")
-            feats = np.asarray(f["features"][:], dtype=np.float32)
-            coords = np.asarray(f["coords"][:], dtype=np.int64)
-            attrs = {k: f.attrs[k] for k in f.attrs}
-    except InputError:
-        raise
+            feats = _drop_batch_axis(f["features"].shape)
+            coords = _drop_batch_axis(f["coords"].shape)
+            kind = f["features"].dtype.kind
     except (OSError, KeyError, ValueError) as exc:
         raise InputError(f"{path}: unreadable HDF5 ({' '.join(str(exc).split())}); "
                          "truncated or corrupt — delete it and rerun extract") from None
-    if feats.ndim == 3 and feats.shape[0] == 1:  # CLAM/TRIDENT sometimes keep a batch axis
-        feats = feats[0]
-    if coords.ndim == 3 and coords.shape[0] == 1:
-        coords = coords[0]
-    if feats.ndim != 2 or coords.shape != (len(feats), 2):
-        raise InputError(f"{path}: features {feats.shape} and coords {coords.shape} "
-                         "do not match (expected N×D and N×2)")
+    if len(feats) != 2 or coords != (feats[0], 2):
+        raise InputError(f"{path}: features {feats} and coords {coords} do not match "
+                         "(expected N×D and N×2)")
+    if kind != "f":
+        raise InputError(f"{path}: features must be floating point")
+    return int(feats[0]), int(feats[1])
+
+
+def read_features(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(features N×D float32, coords N×2 int64, root attributes) of a feature file of ours,
+    CLAM's or TRIDENT's, validated by :func:`feature_shape`."""
+    import h5py
+
+    path = Path(path)
+    n, d = feature_shape(path)
+    try:
+        with h5py.File(path, "r") as f:
+            feats = np.asarray(f["features"][:], dtype=np.float32).reshape(n, d)
+            coords = np.asarray(f["coords"][:], dtype=np.int64).reshape(n, 2)
+            attrs = {k: f.attrs[k] for k in f.attrs}
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable HDF5 ({' '.join(str(exc).split())}); "
+                         "truncated or corrupt — delete it and rerun extract") from None
     return feats, coords, attrs
+
+
+def _drop_batch_axis(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return shape[1:] if len(shape) == 3 and shape[0] == 1 else shape
 
 
 def is_complete(path: Path, tiles_key: str, extract_key: str) -> bool:
