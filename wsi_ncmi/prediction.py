@@ -342,7 +342,8 @@ def tile_config_for(settings: dict, fallback_mpp: float | None = None) -> TileCo
                       tissue=TissueSettings(seg_mpp=float(t["seg_mpp"])))
 
 
-def load_matching_encoder(settings: dict, weights: Path | None) -> Encoder:
+def load_matching_encoder(settings: dict, weights: Path | None, download: bool = False
+                          ) -> Encoder:
     """The run's encoder with the weights its training features were made with; refuses
     (:class:`InputError`, one line) on another sha256, missing weights or other
     preprocessing."""
@@ -360,7 +361,8 @@ def load_matching_encoder(settings: dict, weights: Path | None) -> Encoder:
         encoder = load_encoder(name, Path(weights))
     else:
         try:
-            encoder = load_encoder(name, random_weights=bool(settings.get("random_weights")))
+            encoder = load_encoder(name, random_weights=bool(settings.get("random_weights")),
+                                   download=download)
         except InputError as exc:
             raise InputError(f"encoder weights of the model ({name}, sha256 {want[:16]}…) "
                              f"cannot be found: {exc}") from None
@@ -393,7 +395,8 @@ class PredictConfig:
     sha256); ``device``: auto | cpu | cuda | cuda:N; ``review_threshold``: top probability
     (0–1) below which a slide is flagged for review; ``fallback_mpp``: level-0 µm/px for
     slides without it in their metadata (as ``tile --fallback-mpp``); ``workers``: tile-reader
-    processes (None = extract's default); ``batch_size``: tiles per encoder forward pass."""
+    processes (None = extract's default); ``batch_size``: tiles per encoder forward pass;
+    ``download``: allow fetching hub weights over the network (default: local cache only)."""
 
     run: Path
     folds: tuple[int, ...]
@@ -404,6 +407,7 @@ class PredictConfig:
     fallback_mpp: float | None = None
     workers: int | None = None
     batch_size: int = 64
+    download: bool = False
 
 
 @dataclass
@@ -433,7 +437,7 @@ def predict_batch(jobs: list[SlideJob], out_dir: Path, config: PredictConfig,
     settings = read_feature_settings(config.run)
     device = select_device(config.device)
     predictor = load_predictor(config.run, config.folds, config.head, str(device))
-    encoder = load_matching_encoder(settings, config.weights)
+    encoder = load_matching_encoder(settings, config.weights, config.download)
     encoder.model.to(device, memory_format=torch.channels_last)
     extract_cfg = ExtractConfig(encoder=settings["encoder"], weights=config.weights,
                                 random_weights=encoder.weights_source == "random",

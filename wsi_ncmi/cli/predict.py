@@ -36,6 +36,9 @@ def predict(
     weights: Annotated[Path | None, typer.Option(
         help="Encoder weights file; its sha256 must equal the one the model was trained "
         "with (default: the local Hugging Face cache).")] = None,
+    download: Annotated[bool, typer.Option(
+        help="Allow fetching the encoder's hub weights over the network (default: local "
+        "cache only).")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     review_threshold: Annotated[float, typer.Option(
         help="Flag a slide for review when its top class probability is below this "
@@ -63,7 +66,7 @@ def predict(
         config = PredictConfig(run=model, folds=tuple(choose_folds(model, fold, all_folds)),
                                head=head, weights=weights, device=device,
                                review_threshold=review_threshold, fallback_mpp=fallback_mpp,
-                               workers=workers, batch_size=batch_size)
+                               workers=workers, batch_size=batch_size, download=download)
         outcome = predict_batch(jobs, out, config, shard)
     except InputError as exc:
         fail(exc)
