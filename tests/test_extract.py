@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from cli import run_cli
 
 from wsi_ncmi.encoders import (
     EncoderError,
@@ -25,15 +26,7 @@ from wsi_ncmi.reading import ReadSpec, TileReader, region_runs
 from wsi_ncmi.synthetic import write_synthetic_slide
 from wsi_ncmi.tilefile import read_tile_file
 
-CLI = [sys.executable, "-m", "wsi_ncmi"]
 SMALL = "test_resnet"  # a tiny timm architecture keeps CPU tests fast
-
-
-def run_cli(*args, check=True):
-    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")

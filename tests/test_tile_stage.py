@@ -15,19 +15,11 @@ import h5py
 import numpy as np
 import openslide
 import pytest
+from cli import CLI, run_cli
 
 from wsi_ncmi.batch import in_shard
 from wsi_ncmi.synthetic import make_layout, write_synthetic_slide
 from wsi_ncmi.tilefile import read_tile_file
-
-CLI = [sys.executable, "-m", "wsi_ncmi"]
-
-
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")
