@@ -24,7 +24,8 @@ from sklearn.metrics import f1_score, roc_auc_score
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_bags import write_synthetic_bags  # noqa: E402
 
-from wsi_ncmi.training import centroid_head_scores, train_run  # noqa: E402
+from wsi_ncmi.stages.train import train_run  # noqa: E402
+from wsi_ncmi.stats.simplex import centroid_scores  # noqa: E402
 
 
 def split_patients(df, seed: int):
@@ -47,7 +48,7 @@ def score_test(run: Path, df) -> dict[str, float]:
     label = dict(zip(df["slide_id"], df["label"], strict=True))
     idx = [i for i, s in enumerate(emb["slide_id"]) if s in test]
     y = np.array([meta["classes"].index(label[emb["slide_id"][i]]) for i in idx])
-    scores = centroid_head_scores(emb["p"][idx], np.array(meta["centroid_head_means"]))
+    scores = centroid_scores(emb["p"][idx], np.array(meta["centroid_head_means"]))
     out = {"centroid_f1": f1_score(y, scores.argmax(1), average="macro"),
            "centroid_auc": roc_auc_score(y, scores, multi_class="ovr")}
     if "logits" in emb.files:

@@ -25,17 +25,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import big_slide, machine, peak_rss_mb  # noqa: E402
 
-from wsi_ncmi.encoders import load_encoder  # noqa: E402
-from wsi_ncmi.extraction import (  # noqa: E402
+from wsi_ncmi.formats.tilefile import read_tile_file, write_tile_file  # noqa: E402
+from wsi_ncmi.model.device import select_device  # noqa: E402
+from wsi_ncmi.model.encoders import load_encoder  # noqa: E402
+from wsi_ncmi.slides.reading import ReadSpec  # noqa: E402
+from wsi_ncmi.stages.extract import (  # noqa: E402
     ExtractConfig,
     extract_slide,
-    precision_for,
-    select_device,
+    precision_of,
     tile_loader,
 )
-from wsi_ncmi.reading import ReadSpec  # noqa: E402
-from wsi_ncmi.tilefile import read_tile_file, write_tile_file  # noqa: E402
-from wsi_ncmi.tiling import TileConfig, tile_slide  # noqa: E402
+from wsi_ncmi.stages.tile import TileConfig, tile_slide  # noqa: E402
 
 
 def read_rate(slide, grid, config, side) -> float:
@@ -92,12 +92,12 @@ def main() -> None:
                            precision=args.precision)
     encoder = load_encoder(args.encoder, random_weights=True)
     encoder.model.to(device, memory_format=torch.channels_last)
-    precision = precision_for(encoder, device, args.precision)
+    precision = precision_of(encoder, device, ExtractConfig(precision=args.precision))
     print(f"machine: {machine()}; device {device}"
           + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp)
-        tile_slide(slide, "bench", ws, TileConfig(mpp=args.mpp, tile_size=args.tile_size,
+        tile_slide(slide, "bench", ws, TileConfig(target_mpp=args.mpp, tile_size=args.tile_size,
                                                   overlap=args.overlap,
                                                   min_tissue=args.min_tissue))
         full = read_tile_file(ws / "tiles" / "bench.h5")

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from common import big_slide, machine  # noqa: E402
 
-from wsi_ncmi.provenance import fingerprint_file  # noqa: E402
+from wsi_ncmi.stages.provenance import fingerprint_file  # noqa: E402
 
 CHUNK = 64 << 20
 
@@ -74,11 +74,11 @@ def timed(path: Path, mode: str, cold: bool, runs: int) -> float:
 
 
 def tile_seconds(slide: Path) -> float:
-    from wsi_ncmi.tiling import TileConfig, tile_slide
+    from wsi_ncmi.stages.tile import TileConfig, tile_slide
 
     with tempfile.TemporaryDirectory() as ws:
         t0 = time.perf_counter()
-        tile_slide(slide, "bench", Path(ws), TileConfig(mpp=0.5, tile_size=256))
+        tile_slide(slide, "bench", Path(ws), TileConfig(target_mpp=0.5, tile_size=256))
         return time.perf_counter() - t0
 
 

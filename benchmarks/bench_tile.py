@@ -27,9 +27,10 @@ import json, sys, time
 from pathlib import Path
 from common import peak_rss_mb
 t0 = time.perf_counter()
-from wsi_ncmi.tiling import TileConfig, tile_slide
+from wsi_ncmi.stages.tile import TileConfig, tile_slide
 t1 = time.perf_counter()
-r = tile_slide(Path(sys.argv[1]), "bench", Path(sys.argv[2]), TileConfig(mpp=0.5, tile_size=256))
+r = tile_slide(Path(sys.argv[1]), "bench", Path(sys.argv[2]),
+               TileConfig(target_mpp=0.5, tile_size=256))
 t2 = time.perf_counter()
 print(json.dumps({"seconds": t2 - t0, "imports": t1 - t0, "work": t2 - t1, "rss": peak_rss_mb(),
                   "n_tiles": r["n_tiles"], "level": r["level"]}))
@@ -38,8 +39,9 @@ print(json.dumps({"seconds": t2 - t0, "imports": t1 - t0, "work": t2 - t1, "rss"
 
 def raw_overview_read(slide_path: Path) -> float:
     """Seconds to read, with OpenSlide alone, the level the tiler segments."""
-    from wsi_ncmi.slide import open_slide, slide_info
-    from wsi_ncmi.tissue import TissueSettings, read_overview
+    from wsi_ncmi.slides.access import open_slide, slide_info
+    from wsi_ncmi.slides.overview import read_overview
+    from wsi_ncmi.slides.tissue import TissueSettings
 
     seg_mpp = TissueSettings().seg_mpp
     slide = open_slide(slide_path)

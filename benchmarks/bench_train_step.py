@@ -22,11 +22,13 @@ import time
 import numpy as np
 import torch
 
-from wsi_ncmi.aggregators import GatedABMIL, SlideModel
-from wsi_ncmi.bags import BagInfo, BagSource
-from wsi_ncmi.config import resolve_config
-from wsi_ncmi.losses import get_loss
-from wsi_ncmi.training import FoldContext, epoch_order, resolve_device, train_epoch
+from wsi_ncmi.formats.config import resolve_config
+from wsi_ncmi.model.aggregators import GatedABMIL
+from wsi_ncmi.model.bags import BagInfo, BagSource
+from wsi_ncmi.model.device import select_device
+from wsi_ncmi.model.fit import FoldContext, epoch_order, train_epoch
+from wsi_ncmi.model.losses import get_loss
+from wsi_ncmi.model.slidemodel import SlideModel
 
 LOSSES = ("ce", "ncmi")
 
@@ -138,7 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = select_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"CPU, {torch.get_num_threads()} threads")
     print(f"device: {name}; B={args.batch_size} bags × N={args.tiles} tiles × "

@@ -6,7 +6,7 @@ import resource
 import time
 from pathlib import Path
 
-from wsi_ncmi.synthetic import write_synthetic_slide
+from wsi_ncmi.slides.synthetic import write_synthetic_slide
 
 
 def big_slide(folder: Path, width: int, height: int, seed: int = 0) -> Path:
@@ -28,7 +28,7 @@ def peak_rss_mb() -> float:
 
 def machine() -> str:
     """CPU model and logical cores, as provenance records them."""
-    from wsi_ncmi.provenance import device_info
+    from wsi_ncmi.stages.provenance import device_info
 
     info = device_info()
     return f"{info['cpu']}, {info['logical_cores']} logical cores"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from wsi_ncmi.synthetic import write_synthetic_slide
+from wsi_ncmi.slides.synthetic import write_synthetic_slide
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from wsi_ncmi.aggregators import GatedABMIL
-from wsi_ncmi.bags import collate
+from wsi_ncmi.model.aggregators import GatedABMIL
+from wsi_ncmi.model.bags import collate
 
 
 def make_model(d=12, m=16) -> GatedABMIL:

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from wsi_ncmi.bootstrap import (
+from wsi_ncmi.stats.bootstrap import (
     metric_intervals,
     paired_difference,
     resample_indices,
     resampling_units,
 )
-from wsi_ncmi.metrics import SCALARS, compute_metrics
+from wsi_ncmi.stats.metrics import SCALARS, compute_metrics
 
 
 def cohort(n: int, seed: int, n_classes: int = 3, skill: float = 1.5,

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from cli import run_cli
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -19,16 +20,14 @@ from sklearn.metrics import (
     f1_score,
     roc_auc_score,
 )
-from typer.testing import CliRunner
 
-from wsi_ncmi.cli import app
-from wsi_ncmi.compare import compare_runs
 from wsi_ncmi.errors import InputError
-from wsi_ncmi.evaluation import evaluate_run
-from wsi_ncmi.inference import load_fold, run_model
-from wsi_ncmi.losses import ncmi_measure
-from wsi_ncmi.provenance import verify_record
-from wsi_ncmi.training import train_run
+from wsi_ncmi.model.inference import load_fold, run_model
+from wsi_ncmi.stages.compare import compare_runs
+from wsi_ncmi.stages.evaluate import evaluate_run
+from wsi_ncmi.stages.provenance import verify_record
+from wsi_ncmi.stages.train import train_run
+from wsi_ncmi.stats.simplex import ncmi_measure
 
 CLASSES = ["a", "b", "c"]
 N_SLIDES, DIM = 60, 16
@@ -242,14 +241,11 @@ def test_compare_refuses_runs_on_different_slides(cohort, tmp_path):
 
 
 def test_cli_compare_prints_the_table_and_eval_fails_in_one_line(cohort, tmp_path):
-    runner = CliRunner()
-    result = runner.invoke(app, ["compare", str(cohort["runs"]["ncmi"]),
-                                 str(cohort["runs"]["ce"]), "--head", "centroid",
-                                 "--n-boot", "50", "--out", str(tmp_path / "c")])
-    assert result.exit_code == 0, result.output
+    result = run_cli("compare", cohort["runs"]["ncmi"], cohort["runs"]["ce"], "--head",
+                     "centroid", "--n-boot", "50", "--out", tmp_path / "c")
     assert "| run_ncmi | ncmi |" in result.output and "run_ce − run_ncmi" in result.output
-    bad = runner.invoke(app, ["eval", str(tmp_path / "nowhere")])
-    assert bad.exit_code == 2
+    bad = run_cli("eval", tmp_path / "nowhere", check=False)
+    assert bad.returncode == 2
     assert bad.output.strip().count("\n") == 0 and "not found" in bad.output
 
 

@@ -14,17 +14,17 @@ import pytest
 import torch
 from cli import run_cli
 
-from wsi_ncmi.encoders import (
+from wsi_ncmi.formats.featurefile import read_features
+from wsi_ncmi.formats.tilefile import read_tile_file
+from wsi_ncmi.model.encoders import (
     EncoderError,
     file_sha256,
     get_spec,
     load_encoder,
     save_seeded_checkpoint,
 )
-from wsi_ncmi.featurefile import read_features
-from wsi_ncmi.reading import ReadSpec, TileReader, region_runs
-from wsi_ncmi.synthetic import write_synthetic_slide
-from wsi_ncmi.tilefile import read_tile_file
+from wsi_ncmi.slides.reading import ReadSpec, TileReader, region_runs
+from wsi_ncmi.slides.synthetic import write_synthetic_slide
 
 SMALL = "test_resnet"  # a tiny timm architecture keeps CPU tests fast
 
@@ -94,7 +94,7 @@ def refuse(*a, **k):
     raise OSError('network used')
 socket.socket.connect = refuse
 socket.create_connection = refuse
-from wsi_ncmi.encoders import load_encoder, EncoderError
+from wsi_ncmi.model.encoders import load_encoder, EncoderError
 try:
     load_encoder('resnet50_trunc')
 except EncoderError as e:
@@ -224,7 +224,7 @@ def test_empty_tile_file_gives_an_empty_bag(tmp_path, checkpoint):
 
 def test_auto_precision_on_cpu_is_bf16_where_native_and_close_to_fp32(workspace, slide_dir,
                                                                       checkpoint, tmp_path):
-    from wsi_ncmi.extraction import _cpu_has_bf16
+    from wsi_ncmi.model.device import cpu_has_bf16
 
     feats = {}
     for precision in ("auto", "fp32"):
@@ -237,5 +237,5 @@ def test_auto_precision_on_cpu_is_bf16_where_native_and_close_to_fp32(workspace,
         assert attrs["precision"] == precision or precision == "auto"
     ref, feats = feats["fp32"], feats["auto"]
     auto_attrs = read_features(tmp_path / "auto" / "features" / SMALL / "slide_1.h5")[2]
-    assert auto_attrs["precision"] == ("bf16" if _cpu_has_bf16() else "fp32")
+    assert auto_attrs["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
     assert np.linalg.norm(feats - ref) / np.linalg.norm(ref) < 0.02

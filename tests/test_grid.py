@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wsi_ncmi.grid import grid_coords, stride_level0, tissue_fractions
+from wsi_ncmi.slides.grid import grid_coords, stride_level0, tissue_fractions
 
 
 def test_grid_is_row_major_and_inside():

@@ -8,15 +8,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from wsi_ncmi.errors import InputError
-from wsi_ncmi.heads import (
-    PROBE_CS,
-    centroid_scores,
-    fit_centroids,
-    fit_linear_probe,
-    kl_to_centroids,
-    probe_cv_splits,
-    softmax,
-)
+from wsi_ncmi.model.heads import PROBE_CS, fit_centroids, fit_linear_probe, probe_cv_splits
+from wsi_ncmi.stats.simplex import centroid_scores, kl_to_centroids, softmax
 
 
 def embeddings(n: int, n_classes: int, seed: int, dim: int = 16, shift: float = 1.0):

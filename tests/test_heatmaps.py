@@ -12,26 +12,24 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
+from cli import run_cli
 
-from wsi_ncmi.batch import jobs_from_paths
-from wsi_ncmi.cli import app
-from wsi_ncmi.encoders import save_seeded_checkpoint
-from wsi_ncmi.evaluation import evaluate_run
-from wsi_ncmi.extraction import ExtractConfig, extract_batch
-from wsi_ncmi.featurefile import read_features
-from wsi_ncmi.heatmaps import (
+from wsi_ncmi.formats.featurefile import read_features, tile_geometry
+from wsi_ncmi.model.encoders import save_seeded_checkpoint
+from wsi_ncmi.model.inference import load_fold, run_model
+from wsi_ncmi.slides.overview import read_thumbnail
+from wsi_ncmi.slides.synthetic import make_layout, write_synthetic_slide
+from wsi_ncmi.stages.evaluate import evaluate_run
+from wsi_ncmi.stages.extract import ExtractConfig, extract_slides
+from wsi_ncmi.stages.jobs import jobs_from_paths
+from wsi_ncmi.stages.tile import TileConfig, tile_slides
+from wsi_ncmi.stages.train import train_run
+from wsi_ncmi.stats.attention import (
     attention_geojson,
     attention_percentiles,
     attention_ranks,
     attention_raster,
-    read_thumbnail,
-    tile_geometry,
 )
-from wsi_ncmi.inference import load_fold, run_model
-from wsi_ncmi.synthetic import make_layout, write_synthetic_slide
-from wsi_ncmi.tiling import TileConfig, tile_batch
-from wsi_ncmi.training import train_run
 
 W, H = 2048, 1536  # level-0 px at 0.25 µm/px: 0.5 × 0.38 mm
 N_SLIDES = 16
@@ -66,10 +64,10 @@ def cohort(tmp_path_factory) -> dict:
     pd.DataFrame(rows).to_csv(manifest, index=False)
     ws = root / "ws"
     jobs = jobs_from_paths(sorted(slides.glob("*.tif")))
-    assert tile_batch(jobs, ws, TileConfig(mpp=0.5, tile_size=64)).ok
+    assert tile_slides(jobs, ws, TileConfig(target_mpp=0.5, tile_size=64)).ok
     ckpt = root / "encoder.safetensors"
     save_seeded_checkpoint("test_resnet", ckpt, seed=3)
-    assert extract_batch(jobs, ws, ExtractConfig(encoder="test_resnet", weights=ckpt,
+    assert extract_slides(jobs, ws, ExtractConfig(encoder="test_resnet", weights=ckpt,
                                                  device="cpu", workers=0)).ok
     features = ws / "features" / "test_resnet"
     config = {"task": {"name": "lesion", "label_column": "label",
@@ -112,10 +110,8 @@ def test_heatmap_command_renders_hot_tiles_on_the_lesion(cohort, tmp_path):
     its level-0 place, and in the rendered raster the hottest pixels lie on the lesion."""
     i = next(i for i in range(N_SLIDES) if PARTS[i] == "test" and lesion_of(i))
     sid = f"s{i:02d}"
-    result = CliRunner().invoke(app, ["heatmap", str(cohort["run"]), sid, "--slide",
-                                      str(cohort["slides"] / f"{sid}.tif"), "--out",
-                                      str(tmp_path), "--device", "cpu"])
-    assert result.exit_code == 0, result.output
+    run_cli("heatmap", cohort["run"], sid, "--slide", cohort["slides"] / f"{sid}.tif",
+            "--out", tmp_path, "--device", "cpu")
     png = matplotlib.image.imread(tmp_path / f"{sid}.png")
     assert png.ndim == 3 and png.shape[0] > 200 and png.shape[1] > 200
     gj = json.loads((tmp_path / f"{sid}.geojson").read_text())

@@ -1,7 +1,7 @@
 import pytest
 
 from wsi_ncmi.errors import SlideError
-from wsi_ncmi.levels import plan_read
+from wsi_ncmi.slides.levels import plan_read
 
 PYRAMID_40X = (1.0, 4.0, 16.0, 64.0)
 

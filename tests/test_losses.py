@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from wsi_ncmi.aggregators import GatedABMIL
 from wsi_ncmi.errors import InputError
-from wsi_ncmi.losses import NCMILoss, get_loss, loss_names, ncmi_measure
-from wsi_ncmi.losses.ncmi_fused import FusedOptions, fused_ncmi_loss
+from wsi_ncmi.model.aggregators import GatedABMIL
+from wsi_ncmi.model.losses import NCMILoss, get_loss, loss_names
+from wsi_ncmi.model.losses.ncmi_fused import FusedOptions, fused_ncmi_loss
+from wsi_ncmi.stats.simplex import ncmi_measure
 
 
 def np_log_nsf(x: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from wsi_ncmi.metrics import ECE_BINS, average_ranks, compute_metrics
+from wsi_ncmi.stats.metrics import ECE_BINS, average_ranks, compute_metrics
 
 
 def random_predictions(n: int, n_classes: int, seed: int, skill: float = 1.5,

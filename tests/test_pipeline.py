@@ -15,8 +15,8 @@ import yaml
 
 pytest.importorskip("snakemake")
 
-from wsi_ncmi.encoders import save_seeded_checkpoint  # noqa: E402
-from wsi_ncmi.synthetic import write_synthetic_slide  # noqa: E402
+from wsi_ncmi.model.encoders import save_seeded_checkpoint  # noqa: E402
+from wsi_ncmi.slides.synthetic import write_synthetic_slide  # noqa: E402
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 # A CPU-only test machine with 2 cores: one thread per job, two GPU-class jobs at once.

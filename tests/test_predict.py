@@ -11,25 +11,24 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
+from cli import run_cli
 
-from wsi_ncmi.batch import jobs_from_paths
-from wsi_ncmi.cli import app
-from wsi_ncmi.encoders import save_seeded_checkpoint
 from wsi_ncmi.errors import InputError
-from wsi_ncmi.extraction import ExtractConfig, extract_batch
-from wsi_ncmi.featurefile import read_features
-from wsi_ncmi.heads import fit_linear_probe
-from wsi_ncmi.prediction import choose_folds, probe_proba, probe_record
-from wsi_ncmi.provenance import verify_record
-from wsi_ncmi.synthetic import write_synthetic_slide
-from wsi_ncmi.tiling import TileConfig, tile_batch
-from wsi_ncmi.training import feature_settings, train_run
+from wsi_ncmi.formats.featurefile import feature_settings, read_features
+from wsi_ncmi.formats.runfolder import choose_folds
+from wsi_ncmi.model.encoders import save_seeded_checkpoint
+from wsi_ncmi.model.heads import fit_linear_probe, probe_proba, probe_record
+from wsi_ncmi.slides.synthetic import write_synthetic_slide
+from wsi_ncmi.stages.extract import ExtractConfig, extract_slides
+from wsi_ncmi.stages.jobs import jobs_from_paths
+from wsi_ncmi.stages.provenance import verify_record
+from wsi_ncmi.stages.tile import TileConfig, tile_slides
+from wsi_ncmi.stages.train import train_run
 
 W, H = 2048, 1536
 CLASSES = ["normal", "lesion"]
 # deliberately not the predict/tile defaults: predict must take them from the run
-TILING = TileConfig(mpp=1.0, tile_size=32, min_tissue=0.5)
+TILING = TileConfig(target_mpp=1.0, tile_size=32, min_tissue=0.5)
 
 
 def write_slide(path: Path, seed: int, lesion: bool) -> None:
@@ -53,10 +52,10 @@ def setup(tmp_path_factory) -> dict:
     pd.DataFrame(rows).to_csv(manifest, index=False)
     ws = root / "ws"
     jobs = jobs_from_paths(sorted(train_slides.glob("*.tif")))
-    assert tile_batch(jobs, ws, TILING).ok
+    assert tile_slides(jobs, ws, TILING).ok
     ckpt = root / "encoder.safetensors"
     save_seeded_checkpoint("test_resnet", ckpt, seed=3)
-    assert extract_batch(jobs, ws, ExtractConfig(encoder="test_resnet", weights=ckpt,
+    assert extract_slides(jobs, ws, ExtractConfig(encoder="test_resnet", weights=ckpt,
                                                  device="cpu", workers=0)).ok
     config = {"task": {"name": "lesion", "label_column": "label", "classes": CLASSES},
               "split": {"method": "column", "column": "split"},
@@ -69,15 +68,14 @@ def setup(tmp_path_factory) -> dict:
     shutil.copy(train_slides / "t0.tif", new_slides / "t0.tif")  # a slide the model has seen
     out = root / "out"
     result = invoke(run, new_slides, out, "--weights", ckpt)
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.output
     return {"root": root, "run": run, "ckpt": ckpt, "new": new_slides, "out": out, "ws": ws,
             "first": result}
 
 
 def invoke(run: Path, slides: Path, out: Path, *extra):
-    return CliRunner().invoke(app, ["predict", "--model", str(run), str(slides), "--out",
-                                    str(out), "--device", "cpu", "--workers", "0",
-                                    *map(str, extra)])
+    return run_cli("predict", "--model", run, slides, "--out", out, "--device", "cpu",
+                   "--workers", "0", *extra, check=False)
 
 
 def read_predictions(out: Path) -> pd.DataFrame:
@@ -144,7 +142,7 @@ def test_rerun_skips_finished_slides_and_rethresholds(setup):
     before = {p: p.stat().st_mtime_ns for p in watched}
     result = invoke(setup["run"], setup["new"], out, "--weights", setup["ckpt"],
                     "--review-threshold", "1.0")
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.output
     assert "0 done, 3 already complete, 0 failed" in result.output
     assert {p: p.stat().st_mtime_ns for p in watched} == before
     assert read_predictions(out)["review"].all()
@@ -154,7 +152,7 @@ def test_refuses_other_encoder_weights(setup, tmp_path):
     other = tmp_path / "other.safetensors"
     save_seeded_checkpoint("test_resnet", other, seed=4)
     result = invoke(setup["run"], setup["new"], tmp_path / "out", "--weights", other)
-    assert result.exit_code == 2
+    assert result.returncode == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "sha256" in lines[0] and "refusing" in lines[0]
     assert not (tmp_path / "out" / "predictions.csv").exists()
@@ -163,7 +161,7 @@ def test_refuses_other_encoder_weights(setup, tmp_path):
 def test_refuses_when_encoder_weights_cannot_be_found(setup, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
     result = invoke(setup["run"], setup["new"], tmp_path / "out")
-    assert result.exit_code == 2
+    assert result.returncode == 2
     assert "cannot be found" in result.output and len(result.output.strip().splitlines()) == 1
 
 
@@ -181,8 +179,6 @@ def test_choose_folds(tmp_path):
 def test_feature_settings_must_agree_across_slides(tmp_path):
     """Training refuses feature files made differently (listing the slides), but accepts
     the per-slide µm/px differences of mixed scanners within the level tolerance."""
-    from wsi_ncmi.bags import inspect_bag
-
     tiling = json.dumps({"target_mpp": 0.5, "tile_size": 224, "overlap": 0, "min_tissue": 0.25,
                          "seg_mpp": 8.0, "level_tolerance": 0.05})
 
@@ -196,18 +192,18 @@ def test_feature_settings_must_agree_across_slides(tmp_path):
                            preprocessing=json.dumps({"input_size": 224, "resize": resize}))
         return path
 
-    infos = {s: inspect_bag(bag(s, m, "aaa", r))
+    infos = {s: bag(s, m, "aaa", r)
              for s, m, r in (("a", 0.5, "none"), ("b", 0.51, "cv2.INTER_AREA"))}
     settings = feature_settings(infos)
     assert settings["input_mpp_range"] == [0.5, 0.51] and settings["weights_sha256"] == "aaa"
     assert settings["preprocessing"] == {"input_size": 224}
-    infos["c"] = inspect_bag(bag("c", 0.5, "bbb", "none"))
-    infos["d"] = inspect_bag(bag("d", 0.6, "aaa", "none"))
+    infos["c"] = bag("c", 0.5, "bbb", "none")
+    infos["d"] = bag("d", 0.6, "aaa", "none")
     with pytest.raises(InputError) as err:
         feature_settings(infos)
     message = str(err.value)
     assert "weights_sha256" in message and "(c)" in message and "input_mpp" in message
     assert "(d)" in message and "\n" not in message
     # tiles from CLAM: no tiling settings, µm/px unknown (extract writes -1)
-    foreign = {s: inspect_bag(bag(s, -1.0, "aaa", "none", "{}")) for s in ("e", "f")}
+    foreign = {s: bag(s, -1.0, "aaa", "none", "{}") for s in ("e", "f")}
     assert feature_settings(foreign)["input_mpp"] is None

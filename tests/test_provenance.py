@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import tifffile
-from typer.testing import CliRunner
+from cli import run_cli
 
-from wsi_ncmi.cli import app
 from wsi_ncmi.errors import InputError
-from wsi_ncmi.provenance import fingerprint_file, verify_record, write_record
-from wsi_ncmi.synthetic import write_synthetic_slide
+from wsi_ncmi.slides.synthetic import write_synthetic_slide
+from wsi_ncmi.stages.provenance import fingerprint_file, verify_record, write_record
 
 
 def _random_file(path: Path, size: int, seed: int) -> Path:
@@ -73,7 +72,8 @@ def test_record_holds_command_config_versions_git_device_seeds_and_files(run):
 
 
 def test_writing_a_record_does_not_import_torch(tmp_path):
-    code = ("import sys; from pathlib import Path; from wsi_ncmi.provenance import write_record;"
+    code = ("import sys; from pathlib import Path; "
+            "from wsi_ncmi.stages.provenance import write_record;"
             f"p = Path({str(tmp_path)!r}) / 'a.txt'; p.write_text('x');"
             "write_record(p.parent, command='t', config={}, inputs=[p], outputs=[]);"
             "print('torch' in sys.modules)")
@@ -186,15 +186,13 @@ def test_files_absent_when_recorded_and_home_paths(tmp_path, monkeypatch):
 
 
 def test_verify_cli_exit_status_and_folder_search(run, tmp_path):
-    runner = CliRunner()
-    ok = runner.invoke(app, ["verify", str(run["out"])])
-    assert ok.exit_code == 0, ok.output
+    ok = run_cli("verify", run["out"])
     assert "4 file(s) checked, ok" in ok.output
     run["outputs"][0].write_bytes(b"changed")
-    bad = runner.invoke(app, ["verify", str(run["record"])])
-    assert bad.exit_code == 1
+    bad = run_cli("verify", run["record"], check=False)
+    assert bad.returncode == 1
     assert "slide_0.h5: size changed" in bad.output
-    assert runner.invoke(app, ["verify", str(tmp_path / "nothing")]).exit_code == 2
+    assert run_cli("verify", tmp_path / "nothing", check=False).returncode == 2
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(InputError, match="not a wsi-ncmi provenance record"):
         verify_record(tmp_path / "other.json")

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from wsi_ncmi.errors import SlideError
-from wsi_ncmi.slide import metadata_mpp, open_slide, resolve_mpp, slide_info
-from wsi_ncmi.synthetic import write_synthetic_slide
+from wsi_ncmi.slides.access import metadata_mpp, open_slide, resolve_mpp, slide_info
+from wsi_ncmi.slides.synthetic import write_synthetic_slide
 
 P = Path("x.svs")
 

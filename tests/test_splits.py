@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from wsi_ncmi.errors import InputError
-from wsi_ncmi.splits import make_splits, validate_splits
+from wsi_ncmi.stats.splits import make_splits, validate_splits
 
 SPLIT = {"method": "kfold", "column": "split", "k": 5, "group_column": "group",
          "val_fraction": 0.2}
@@ -129,7 +129,7 @@ def test_blank_patient_ids_make_each_slide_its_own_patient():
     import numpy as np
     import pandas as pd
 
-    from wsi_ncmi.splits import make_splits, validate_splits
+    from wsi_ncmi.stats.splits import make_splits, validate_splits
 
     df = pd.DataFrame({"slide_id": [f"s{i}" for i in range(20)], "patient_id": [""] * 20})
     y = np.array([i % 2 for i in range(20)])

@@ -17,9 +17,9 @@ import openslide
 import pytest
 from cli import CLI, run_cli
 
-from wsi_ncmi.batch import in_shard
-from wsi_ncmi.synthetic import make_layout, write_synthetic_slide
-from wsi_ncmi.tilefile import read_tile_file
+from wsi_ncmi.formats.tilefile import read_tile_file
+from wsi_ncmi.slides.synthetic import make_layout, write_synthetic_slide
+from wsi_ncmi.stages.jobs import in_shard
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,8 @@ def test_previews_and_geojson(tiled):
 def test_segmentation_matches_planted_tissue_and_keeps_holes(tmp_path):
     """On a 4 × 3 mm slide the mask agrees with the generator's tissue, and holes of
     ≥ 0.01 mm² come back as GeoJSON holes."""
-    from wsi_ncmi.slide import open_slide, slide_info
-    from wsi_ncmi.tissue import TissueSettings, find_tissue
+    from wsi_ncmi.slides.access import open_slide, slide_info
+    from wsi_ncmi.slides.tissue import TissueSettings, find_tissue
 
     path = tmp_path / "big.tif"
     layout = write_synthetic_slide(path, 16384, 12288, seed=4)

@@ -27,12 +27,14 @@ VerboseOption = Annotated[bool, typer.Option(
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Plain timestamped lines on stderr; DEBUG with ``--verbose``."""
+    """Plain timestamped lines on the current stderr (replacing earlier handlers, so a command
+    run in-process writes where that run's stderr is); DEBUG with ``--verbose``."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
+        force=True,
     )
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from .app import app
 from .common import fail, setup_logging
 
 
@@ -32,8 +32,8 @@ def demo(
     verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
 ) -> None:
     """Generate a small cohort and run tile → extract → train (NCMI, CE) → eval → compare."""
-    from ..demo import DemoConfig, format_table, run_demo
     from ..errors import InputError
+    from ..stages.demo import DemoConfig, format_table, run_demo
 
     setup_logging(verbose)
     t0 = time.perf_counter()

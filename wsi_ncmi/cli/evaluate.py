@@ -1,4 +1,4 @@
-"""``wsi-ncmi eval`` and ``wsi-ncmi compare``: metrics of trained runs, side by side."""
+"""``wsi-ncmi eval``: metrics, predictions, plots and a report of a trained run on one split."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from .app import app
 from .common import fail, setup_logging
 
 
@@ -40,8 +40,8 @@ def eval_command(
     import json
 
     from ..errors import InputError
-    from ..evaluation import evaluate_run
-    from ..reports import HEAD_NAMES, fmt_ci
+    from ..stages.evaluate import evaluate_run
+    from ..stats.reports import HEAD_NAMES, fmt_ci
 
     setup_logging(verbose)
     try:
@@ -55,27 +55,3 @@ def eval_command(
         typer.echo(f"{HEAD_NAMES[head]:>15}: macro-F1 {fmt_ci(m['macro_f1'])}  "
                    f"AUC {fmt_ci(m['auc_macro'])}")
     typer.echo(f"wrote {out}")
-
-
-@app.command()
-def compare(
-    runs: Annotated[list[Path], typer.Argument(help="Two or more evaluated run folders.")],
-    split: Annotated[str, typer.Option(help="Evaluated split to compare: train | val | test.")
-                     ] = "test",
-    head: Annotated[str, typer.Option(help="linear_probe | centroid | classifier.")
-                    ] = "linear_probe",
-    out: Annotated[Path, typer.Option(help="Folder for comparison.csv, differences.csv and "
-                                      "comparison.md.")] = Path("comparison"),
-    n_boot: Annotated[int, typer.Option(help="Paired bootstrap resamples (count).")] = 1000,
-    seed: Annotated[int, typer.Option(help="Bootstrap seed (integer).")] = 0,
-) -> None:
-    """Runs side by side on one head, with paired bootstrap differences in macro-F1 and AUC."""
-    from ..compare import compare_runs
-    from ..errors import InputError
-
-    try:
-        result = compare_runs(runs, out, split, head, n_boot, seed)
-    except InputError as exc:
-        fail(exc)
-    typer.echo(result.text)
-    typer.echo(f"wrote {', '.join(map(str, result.paths))}")

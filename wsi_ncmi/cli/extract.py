@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from .app import app
 from .common import (
     Inputs,
     ManifestOption,
@@ -57,11 +57,9 @@ def extract(
     verbose: VerboseOption = False,
 ) -> None:
     """Run a frozen encoder over every tile; stream features to one HDF5 per slide."""
-    from ..batch import record_tag, select_jobs
     from ..errors import InputError
-    from ..extraction import ExtractConfig, extract_batch
-    from ..featurefile import features_path
-    from ..provenance import write_record
+    from ..stages.extract import ExtractConfig, extract_slides
+    from ..stages.jobs import select_jobs
 
     setup_logging(verbose)
     try:
@@ -72,16 +70,7 @@ def extract(
             device=device, batch_size=batch_size,
             workers=defaults.workers if workers is None else workers,
             fp16_storage=fp16_storage, max_bad_tiles=max_bad_tiles, precision=precision)
-        summary = extract_batch(jobs, out, config, shard, tiles)
+        summary = extract_slides(jobs, out, config, shard, tiles)
     except InputError as exc:
         fail(exc)
-    complete = sorted(set(summary.done) | set(summary.skipped))
-    from dataclasses import asdict
-
-    write_record(out / "provenance", command="extract",
-                 config={**asdict(config), "shard": shard, "tiles": tiles},
-                 inputs=[j.path for j in jobs if j.slide_id in complete]
-                 + ([weights] if weights else []),
-                 outputs=[features_path(out, encoder, s) for s in complete],
-                 name=f"extract-{record_tag(jobs, shard)}.json")
     finish_batch(summary)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from .app import app
 from .common import fail, setup_logging
 
 
@@ -34,9 +34,8 @@ def heatmap(
 ) -> None:
     """Attention per tile over the slide thumbnail (PNG) and as QuPath detections (GeoJSON)."""
     from ..errors import InputError
-    from ..extraction import select_device
-    from ..heatmaps import run_heatmap
-    from ..provenance import write_record
+    from ..model.device import select_device
+    from ..stages.heatmap import run_heatmap
 
     setup_logging(verbose)
     try:
@@ -45,9 +44,4 @@ def heatmap(
                             out_dir=out, head=head, device=dev)
     except InputError as exc:
         fail(exc)
-    write_record(paths[0].parent / "provenance", command="heatmap",
-                 config={"run": str(run), "slide_id": slide_id, "fold": fold, "head": head,
-                         "features_dir": features_dir, "device": dev},
-                 inputs=[slide, run / "config.yaml", run / "splits.json"],
-                 outputs=paths, name=f"heatmap-{slide_id}.json")
     typer.echo(f"wrote {', '.join(map(str, paths))}")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from .app import app
 from .common import fail
 
 manifest_app = typer.Typer(
@@ -29,8 +29,8 @@ def camelyon17(
                                         "'centre' (center_C/patient_XXX_node_Y.tif).")] = "flat",
 ) -> None:
     """CAMELYON-17: the 500 labelled training slides with patient, centre and pN stage."""
-    from ..cohorts import CAMELYON_LAYOUTS, camelyon17_manifest
     from ..errors import InputError
+    from ..formats.cohorts import CAMELYON_LAYOUTS, camelyon17_manifest
 
     try:
         if layout not in CAMELYON_LAYOUTS:
@@ -47,8 +47,8 @@ def bracs(
     out: OutOption,
 ) -> None:
     """BRACS: full manifest (7 subtypes, 3 groups, official split) from the official tree."""
-    from ..cohorts import scan_bracs_tree
     from ..errors import InputError
+    from ..formats.cohorts import scan_bracs_tree
 
     try:
         _write(scan_bracs_tree(root), out)
@@ -63,8 +63,8 @@ def bracs_groups(
     out: OutOption,
 ) -> None:
     """BRACS: coarse groups only (no subtype, split or patient) from bracs_groups.csv."""
-    from ..cohorts import bracs_groups_manifest
     from ..errors import InputError
+    from ..formats.cohorts import bracs_groups_manifest
 
     try:
         _write(bracs_groups_manifest(labels), out)
@@ -82,9 +82,9 @@ def check(
         "files win. Checks labels and split columns against it.")] = None,
 ) -> None:
     """Validate a manifest; list every problem with its line number; exit 1 on any."""
-    from ..config import load_config
     from ..errors import InputError
-    from ..manifests import check_manifest
+    from ..formats.config import load_config
+    from ..formats.manifests import check_manifest
 
     try:
         cfg = load_config(config) if config else None
@@ -102,7 +102,7 @@ def check(
 
 
 def _write(df, out: Path) -> None:
-    from ..manifests import write_manifest
+    from ..formats.manifests import write_manifest
 
     write_manifest(df, out)
     typer.echo(f"wrote {out}: {len(df)} slide(s)", err=True)

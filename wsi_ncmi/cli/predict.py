@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from .app import app
 from .common import (
     Inputs,
     ManifestOption,
@@ -56,9 +56,10 @@ def predict(
     verbose: VerboseOption = False,
 ) -> None:
     """Predict new slides with the run's own tiling and encoder: probabilities and heatmaps."""
-    from ..batch import select_jobs
     from ..errors import InputError
-    from ..prediction import PredictConfig, choose_folds, predict_batch
+    from ..formats.runfolder import choose_folds
+    from ..stages.jobs import select_jobs
+    from ..stages.predict import PredictConfig, predict_slides
 
     setup_logging(verbose)
     try:
@@ -67,7 +68,7 @@ def predict(
                                head=head, weights=weights, device=device,
                                review_threshold=review_threshold, fallback_mpp=fallback_mpp,
                                workers=workers, batch_size=batch_size, download=download)
-        outcome = predict_batch(jobs, out, config, shard)
+        outcome = predict_slides(jobs, out, config, shard)
     except InputError as exc:
         fail(exc)
     typer.echo(f"wrote {outcome.predictions}", err=True)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from .app import app
 from .common import (
     Inputs,
     ManifestOption,
@@ -44,30 +44,18 @@ def tile(
     verbose: VerboseOption = False,
 ) -> None:
     """Find tissue and lay a tile grid at a true µm/px; one HDF5 per slide."""
-    from ..batch import record_tag, select_jobs
     from ..errors import InputError
-    from ..provenance import write_record
-    from ..tiling import TileConfig, outputs_for, tile_batch
-    from ..tissue import TissueSettings
+    from ..slides.tissue import TissueSettings
+    from ..stages.jobs import select_jobs
+    from ..stages.tile import TileConfig, tile_slides
 
     setup_logging(verbose)
     try:
         jobs = select_jobs(inputs, manifest, slide_root)
-        config = TileConfig(mpp=mpp, tile_size=tile_size, overlap=overlap,
+        config = TileConfig(target_mpp=mpp, tile_size=tile_size, overlap=overlap,
                             min_tissue=min_tissue, level_tolerance=level_tolerance,
                             fallback_mpp=fallback_mpp, tissue=TissueSettings(seg_mpp=seg_mpp))
-        summary = tile_batch(jobs, out, config, shard)
+        summary = tile_slides(jobs, out, config, shard)
     except InputError as exc:
         fail(exc)
-    complete = set(summary.done) | set(summary.skipped)
-    produced = [p for sid in sorted(complete) for p in outputs_for(out, sid).values()]
-    write_record(out / "provenance", command="tile", config=_config_dict(config, shard),
-                 inputs=[j.path for j in jobs if j.slide_id in complete],
-                 outputs=produced, name=f"tile-{record_tag(jobs, shard)}.json")
     finish_batch(summary)
-
-
-def _config_dict(config, shard) -> dict:
-    from dataclasses import asdict
-
-    return {**asdict(config), "shard": shard}

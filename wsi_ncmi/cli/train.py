@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from .app import app
 from .common import fail, setup_logging
 
 
@@ -37,9 +37,9 @@ def train(
     verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
 ) -> None:
     """Train the attention-MIL aggregator with the chosen loss on every fold."""
-    from ..config import load_config
     from ..errors import InputError
-    from ..training import train_run
+    from ..formats.config import load_config
+    from ..stages.train import train_run
 
     setup_logging(verbose)
     try:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from .app import app
 from .common import fail
 
 
@@ -19,7 +19,7 @@ def verify(
 ) -> None:
     """Re-fingerprint every input and output of a record; exit 1 if any drifted or is missing."""
     from ..errors import InputError
-    from ..provenance import find_records, read_record, verify_record
+    from ..stages.provenance import find_records, read_record, verify_record
 
     try:
         records = find_records(target)

@@ -1,0 +1,192 @@
+"""Training configuration: YAML files deep-merged over defaults, then validated.
+
+Sections (a cohort config holds ``task`` + ``split``; a training config the rest):
+
+- ``task``: ``name``, ``label_column`` (manifest column with the raw label), ``classes`` (class
+  order = index order; null → the sorted distinct mapped labels of the manifest), ``label_map``
+  (raw label → class; labels not in it must equal a class name).
+- ``split``: ``method`` (column | kfold | logo), ``column``, ``k``, ``group_column``,
+  ``val_fraction`` (patient share of the training part held out for validation, kfold/logo).
+- ``model``: gated attention-MIL sizes: ``embed_dim`` (m), ``attn_dim``, ``dropout``.
+- ``loss``: ``name`` plus one optional sub-section per loss holding its settings, e.g.
+  ``loss: {name: ncmi, ncmi: {temperature: 0.1}, cmi_ce: {cmi_weight: 0.5}}``; only the chosen
+  loss's settings are used, and the resolved config keeps only those, with every default.
+- ``optim``: ``name`` (adamw | sgd), ``lr``, ``weight_decay``, ``momentum`` (sgd), ``epochs``,
+  ``batch_size`` (bags per step), ``max_tiles`` (tiles per bag in training; null = all),
+  ``balanced_sampling``, ``schedule`` (cosine | constant), ``min_lr_ratio``, ``patience``
+  (epochs without a better validation macro-F1 before stopping), ``grad_clip`` (max gradient
+  L2 norm or null).
+- ``data``: ``cache_max_gb`` (float16 in-memory cache budget, GB), ``prefetch`` (batches read
+  ahead when streaming), ``eval_batch_size``; ``features_dir`` and ``manifest`` are recorded
+  by ``train`` (the paths it was given), so ``eval`` can find them.
+- ``device``: ``auto`` (CUDA when available) | ``cpu`` | ``cuda`` | ``cuda:N``.
+- ``seed``: integer.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import InputError
+
+DEFAULTS: dict[str, Any] = {
+    "task": {"name": None, "label_column": "label", "classes": None, "label_map": {}},
+    "split": {"method": "column", "column": "split", "k": 5, "group_column": "group",
+              "val_fraction": 0.2},
+    "model": {"embed_dim": 128, "attn_dim": 128, "dropout": 0.0},
+    "loss": {"name": "ncmi"},
+    "optim": {"name": "adamw", "lr": 2e-4, "weight_decay": 1e-4, "momentum": 0.9,
+              "epochs": 50, "batch_size": 8, "max_tiles": 4096, "balanced_sampling": False,
+              "schedule": "cosine", "min_lr_ratio": 0.0, "patience": 10, "grad_clip": None},
+    "data": {"cache_max_gb": 8.0, "prefetch": 2, "eval_batch_size": 4, "features_dir": None,
+             "manifest": None},
+    "device": "auto",
+    "seed": 0,
+}
+SPLIT_METHODS = ("column", "kfold", "logo")
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """A new dict: ``base`` with ``override``'s keys replacing it, recursing into dicts."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_yaml(path: Path) -> dict:
+    """One YAML mapping; :class:`InputError` naming the file when unreadable or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(paths: Sequence[Path], overrides: dict | None = None) -> dict:
+    """Deep-merge the YAML ``paths`` in order (later wins) and then ``overrides``; no defaults
+    yet (see :func:`resolve_config`)."""
+    merged: dict = {}
+    for path in paths:
+        merged = deep_merge(merged, load_yaml(path))
+    return deep_merge(merged, overrides or {})
+
+
+def resolve_config(raw: dict, loss_names: Sequence[str] | None = None) -> dict:
+    """``raw`` merged over :data:`DEFAULTS` and validated; raises :class:`InputError` listing
+    every problem found. ``loss_names``: the losses that exist (the train stage passes the
+    registry's), checked against ``loss.name`` and the ``loss.<name>`` sections; None skips
+    that check. Loss settings are checked later, when the loss is built."""
+    cfg = deep_merge(DEFAULTS, raw)
+    problems = _unknown_keys(cfg, loss_names) + _check_values(cfg)
+    if problems:
+        raise InputError(f"config: {'; '.join(problems)}")
+    return cfg
+
+
+def loss_settings(cfg: dict) -> dict:
+    """The chosen loss's settings from a resolved config's ``loss`` section."""
+    return dict(cfg["loss"].get(cfg["loss"]["name"]) or {})
+
+
+def _unknown_keys(cfg: dict, names: Sequence[str] | None) -> list[str]:
+    problems = [f"unknown section {k!r}" for k in cfg if k not in DEFAULTS]
+    for section, defaults in DEFAULTS.items():
+        if not isinstance(defaults, dict) or section == "loss":
+            continue
+        if not isinstance(cfg[section], dict):
+            problems.append(f"{section} must be a mapping")
+            continue
+        problems += [f"unknown key {section}.{k}" for k in cfg[section] if k not in defaults]
+    loss = cfg["loss"]
+    if not isinstance(loss, dict):
+        return problems + ["loss must be a mapping"]
+    if names is None:
+        return problems
+    problems += [f"unknown key loss.{k} (a loss's settings go under loss.<name>, one of "
+                 f"{', '.join(names)})" for k in loss if k != "name" and k not in names]
+    problems += [f"loss.{k} must be a mapping" for k in loss
+                 if k in names and not isinstance(loss[k], dict | None)]
+    if loss.get("name") not in names:
+        problems.append(f"loss.name must be one of {', '.join(names)}, got {loss.get('name')!r}")
+    return problems
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _check_values(cfg: dict) -> list[str]:
+    p: list[str] = []
+    task, split, model = cfg["task"], cfg["split"], cfg["model"]
+    optim, data = cfg["optim"], cfg["data"]
+    classes = task.get("classes")
+    if classes is not None and (not isinstance(classes, list) or len(classes) < 2
+                                or len(set(map(str, classes))) != len(classes)):
+        p.append("task.classes must be a list of ≥ 2 distinct names (or null)")
+    if not isinstance(task.get("label_map"), dict):
+        p.append("task.label_map must be a mapping raw label → class")
+    if not isinstance(task.get("label_column"), str):
+        p.append("task.label_column must be a column name")
+    if split.get("method") not in SPLIT_METHODS:
+        p.append(f"split.method must be one of {', '.join(SPLIT_METHODS)}")
+    if not _is_int(split.get("k")) or split["k"] < 2:
+        p.append("split.k must be an integer ≥ 2")
+    if not _is_num(split.get("val_fraction")) or not 0 <= split["val_fraction"] <= 0.5:
+        p.append("split.val_fraction must lie in [0, 0.5]")
+    for key in ("embed_dim", "attn_dim"):
+        if not _is_int(model.get(key)) or model[key] < 1:
+            p.append(f"model.{key} must be an integer ≥ 1")
+    if not _is_num(model.get("dropout")) or not 0 <= model["dropout"] < 1:
+        p.append("model.dropout must lie in [0, 1)")
+    if optim.get("name") not in ("adamw", "sgd"):
+        p.append("optim.name must be adamw or sgd")
+    if optim.get("schedule") not in ("cosine", "constant"):
+        p.append("optim.schedule must be cosine or constant")
+    if not _is_num(optim.get("lr")) or optim["lr"] <= 0:
+        p.append("optim.lr must be > 0")
+    for key in ("weight_decay", "momentum", "min_lr_ratio"):
+        if not _is_num(optim.get(key)) or optim[key] < 0:
+            p.append(f"optim.{key} must be ≥ 0")
+    for key in ("epochs", "batch_size", "patience"):
+        if not _is_int(optim.get(key)) or optim[key] < 1:
+            p.append(f"optim.{key} must be an integer ≥ 1")
+    if optim.get("max_tiles") is not None and (not _is_int(optim["max_tiles"])
+                                               or optim["max_tiles"] < 1):
+        p.append("optim.max_tiles must be an integer ≥ 1 or null")
+    if optim.get("grad_clip") is not None and (not _is_num(optim["grad_clip"])
+                                               or optim["grad_clip"] <= 0):
+        p.append("optim.grad_clip must be > 0 or null")
+    if not isinstance(optim.get("balanced_sampling"), bool):
+        p.append("optim.balanced_sampling must be true or false")
+    if not _is_num(data.get("cache_max_gb")) or data["cache_max_gb"] < 0:
+        p.append("data.cache_max_gb must be ≥ 0")
+    for key, low in (("prefetch", 0), ("eval_batch_size", 1)):
+        if not _is_int(data.get(key)) or data[key] < low:
+            p.append(f"data.{key} must be an integer ≥ {low}")
+    device = cfg.get("device")
+    if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda")
+                                           or device.startswith("cuda:")):
+        p.append("device must be auto, cpu, cuda or cuda:N")
+    if not _is_int(cfg.get("seed")):
+        p.append("seed must be an integer")
+    return p

@@ -1,0 +1,376 @@
+"""The ``eval`` stage: a trained run → metrics, predictions, plots and a report per split.
+
+For every fold of ``RUN/splits.json`` the fold's model runs (eval mode, all tiles) over the
+fold's training slides and the evaluated split's slides; the heads (:mod:`wsi_ncmi.model.heads`) are
+fitted on the training slides' outputs only and score the evaluated slides:
+
+- ``linear_probe`` on the embeddings z (or z̃, ``probe_input``), every run;
+- ``centroid`` on the simplex outputs p (NCMI: NSF output; CE family: softmax), every run;
+- ``classifier``: softmax of the run's own logits, CE-family runs only.
+
+With several folds each fold is scored on its own part of the split, and the rows of all folds
+are pooled (for ``test`` with k-fold or leave-one-group-out splits this is the out-of-fold
+prediction of every slide); the headline metrics and their intervals are those of the pooled
+rows, and per-fold point estimates with their mean ± sd (ddof = 1) come beside them.
+
+NCMI, CMI and Γ (:func:`~wsi_ncmi.stats.simplex.ncmi_measure`) are computed on the evaluated
+slides' outputs p with that set's own class means as centroids — the measure as defined by
+Yang et al. for "a model on a labelled set" — so they describe the geometry of the outputs on
+the split itself. The training split's value (``ncmi_train``, centroids = training class
+means) is reported beside it; the centroid *head* is what uses the training centroids to
+predict. With several folds the top-level values are means over folds (each fold's model has
+its own output simplex, so pooling p across folds would mix spaces).
+
+Writes ``RUN/eval/<split>/``: ``metrics.json``, ``predictions.csv``,
+``confusion_<head>.png``, ``roc_<head>.png``, ``report.md`` (all atomically) and a
+``provenance.json`` record.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import atomic_path, write_json
+from ..errors import InputError
+from ..formats.featurefile import bag_path
+from ..formats.labels import read_labels
+from ..formats.manifests import load_manifest
+from ..formats.runfolder import (
+    META,
+    SPLITS,
+    eval_dir,
+    fold_dir,
+    model_files,
+    read_config,
+    read_fold_meta,
+    read_splits,
+    recorded_path,
+)
+from ..model.device import select_device
+from ..model.heads import HEADS, fit_centroids, fit_linear_probe
+from ..stats.bootstrap import CI_LEVEL, Units, metric_intervals, resampling_units
+from ..stats.metrics import ECE_BINS, SCALARS, compute_metrics
+from ..stats.plots import plot_confusion, plot_roc
+from ..stats.reports import render_eval_report
+from ..stats.simplex import centroid_scores, ncmi_measure, softmax
+from .heatmap import SlideCall, draw_heatmaps
+from .provenance import write_record
+
+log = logging.getLogger("wsi_ncmi")
+
+PROBE_INPUTS = ("z", "z_tilde")
+SPLIT_PARTS = ("train", "val", "test")
+
+
+@dataclass
+class RunData:
+    """What every fold of a run needs: resolved ``cfg``, ``splits`` record, ``classes``,
+    ``labels`` (slide id → class index), ``patients`` (slide id → patient id, "" if none),
+    ``features_dir``, ``manifest``."""
+
+    cfg: dict
+    splits: dict
+    classes: list[str]
+    labels: dict[str, int]
+    patients: dict[str, str]
+    features_dir: Path
+    manifest: Path
+
+
+@dataclass
+class FoldResult:
+    """One fold on the evaluated split: ``slide_ids`` (n), ``y`` (n,), ``scores`` head →
+    (n×C), ``ncmi`` and ``ncmi_train`` measures, ``fit`` head → how it was fitted."""
+
+    fold: int
+    slide_ids: list[str]
+    y: np.ndarray
+    scores: dict[str, np.ndarray]
+    ncmi: dict[str, float]
+    ncmi_train: dict[str, float]
+    fit: dict[str, dict] = field(default_factory=dict)
+
+
+def evaluate_run(run_dir: Path, split: str = "test", features_dir: Path | None = None,
+                 manifest: Path | None = None, n_boot: int = 1000, seed: int = 0, *,
+                 probe_input: str = "z", device: str = "auto", heatmaps: int = 0,
+                 slide_root: Path | None = None) -> Path:
+    """Evaluate every fold of the run in ``run_dir`` on ``split`` (train | val | test) and
+    write ``run_dir/eval/<split>/``; return that folder.
+
+    ``features_dir``, ``manifest``: override ``data.features_dir`` / ``data.manifest`` of
+    ``RUN/config.yaml``; ``n_boot``: bootstrap resamples (patients); ``seed``: seeds the
+    bootstrap and the probe's cross-validation folds; ``probe_input``: ``z`` or ``z_tilde``
+    (NCMI runs only); ``device``: auto | cpu | cuda | cuda:N for running the model;
+    ``heatmaps``: draw attention heatmaps of this many most confident slides (linear probe)
+    into ``eval/<split>/heatmaps/``, their files found by the manifest's ``path`` column under
+    ``slide_root`` (:func:`wsi_ncmi.stages.heatmap.draw_heatmaps`).
+    """
+    if split not in SPLIT_PARTS:
+        raise InputError(f"split must be one of {', '.join(SPLIT_PARTS)}, got {split!r}")
+    if probe_input not in PROBE_INPUTS:
+        raise InputError(f"probe input must be z or z_tilde, got {probe_input!r}")
+    if n_boot < 1:
+        raise InputError(f"n_boot must be ≥ 1, got {n_boot}")
+    run_dir = Path(run_dir)
+    data = load_run_data(run_dir, features_dir, manifest, split)
+    dev = str(select_device(device))
+    results = [evaluate_fold(fold_dir(run_dir, fold["fold"]), fold, split, data, probe_input,
+                             seed, dev)
+               for fold in data.splits["folds"] if fold[split]]
+    metrics = build_metrics(results, data, run_dir, split, n_boot, seed, probe_input)
+    out_dir = eval_dir(run_dir, split)
+    outputs = write_outputs(out_dir, results, data, metrics)
+    if heatmaps > 0:
+        picks = most_confident(results, data.classes, heatmaps)
+        outputs += draw_heatmaps(run_dir, picks, data.features_dir,
+                                 slide_files(data.manifest, slide_root), out_dir / "heatmaps",
+                                 dev)
+    write_eval_record(out_dir, run_dir, data, split, outputs,
+                      {"n_boot": n_boot, "seed": seed, "probe_input": probe_input,
+                       "device": dev, "heatmaps": heatmaps})
+    return out_dir
+
+
+def most_confident(results: list[FoldResult], classes: list[str], k: int,
+                   head: str = "linear_probe") -> list[tuple[int, str, SlideCall]]:
+    """The ``k`` evaluated slides ``head`` predicts most confidently (highest top probability;
+    ties by slide id), each with the fold that scored it and its prediction."""
+    ranked = sorted((-float(r.scores[head][i].max()), sid, r.fold,
+                     classes[int(r.scores[head][i].argmax())])
+                    for r in results for i, sid in enumerate(r.slide_ids))
+    return [(fold, sid, SlideCall(name, -neg_p, head))
+            for neg_p, sid, fold, name in ranked[:k]]
+
+
+def slide_files(manifest: Path, slide_root: Path | None) -> dict[str, Path]:
+    """Slide id → slide file from the manifest's ``path`` column, relative to ``slide_root``
+    (default: the manifest's folder); empty, with a warning, when there is no such column."""
+    df = load_manifest(manifest)
+    if "path" not in df.columns:
+        log.warning("%s has no 'path' column; slide files cannot be found", manifest)
+        return {}
+    root = Path(slide_root) if slide_root is not None else Path(manifest).parent
+    return {sid: root / str(path) for sid, path in zip(df["slide_id"], df["path"], strict=True)}
+
+
+def write_eval_record(out_dir: Path, run_dir: Path, data: RunData, split: str,
+                      outputs: list[Path], settings: dict) -> Path:
+    """``out_dir/provenance.json``: the run's config, splits, fold models, manifest and the
+    feature files read, the eval ``settings`` and the files written."""
+    folds = [int(f["fold"]) for f in data.splits["folds"] if f[split]]
+    slides = dict.fromkeys(s for f in data.splits["folds"] if f[split]
+                           for part in ("train", split) for s in f[part])
+    return write_record(
+        out_dir, command="wsi-ncmi eval",
+        config={"run": str(run_dir), "split": split, **settings,
+                "features_dir": str(data.features_dir), "manifest": str(data.manifest)},
+        inputs=[*model_files(run_dir, folds, probe=False), data.manifest,
+                *(bag_path(data.features_dir, s) for s in slides)],
+        outputs=outputs, seeds={"bootstrap": settings["seed"], "probe_cv": settings["seed"]})
+
+
+def load_run_data(run_dir: Path, features_dir: Path | None, manifest: Path | None,
+                  split: str) -> RunData:
+    """Read the run's config, splits and the manifest's labels; :class:`InputError` listing
+    every evaluated or training slide without a usable label."""
+    cfg, splits = read_config(run_dir), read_splits(run_dir)
+    features = recorded_path(cfg, "features_dir", features_dir, run_dir)
+    manifest_path = recorded_path(cfg, "manifest", manifest, run_dir)
+    labels = read_labels(manifest_path, cfg["task"])
+    folds = splits["folds"]
+    needed = dict.fromkeys(sid for f in folds for part in ("train", split) for sid in f[part])
+    problems = [f"slide {sid}: not in {manifest_path}" if sid not in labels.label
+                else f"slide {sid}: label {labels.raw[sid]!r} maps to no class"
+                for sid in needed if labels.label.get(sid, -1) < 0]
+    if problems:
+        raise InputError(f"{len(problems)} slide(s) cannot be evaluated: {'; '.join(problems)}")
+    if not any(f[split] for f in folds):
+        raise InputError(f"{Path(run_dir) / SPLITS}: the {split} split holds no slides in any "
+                         "fold")
+    return RunData(cfg=cfg, splits=splits, classes=labels.classes, labels=labels.label,
+                   patients={sid: labels.patient.get(sid, "") for sid in needed},
+                   features_dir=features, manifest=manifest_path)
+
+
+def evaluate_fold(fold_dir: Path, fold: dict, split: str, data: RunData, probe_input: str,
+                  seed: int, device: str) -> FoldResult:
+    """Run one fold's model on its training and ``split`` slides and score the latter with
+    every applicable head."""
+    from ..model.inference import load_fold, run_model
+
+    loaded = load_fold(fold_dir, device)
+    if list(loaded.meta["classes"]) != data.classes:
+        raise InputError(f"{fold_dir / META}: classes {loaded.meta['classes']} differ "
+                         f"from the run config's {data.classes}")
+    batch = int(data.cfg.get("data", {}).get("eval_batch_size", 4))
+    train_ids, eval_ids = list(fold["train"]), list(fold[split])
+    train = run_model(loaded, data.features_dir, train_ids, batch)
+    evaluated = train if split == "train" else run_model(loaded, data.features_dir, eval_ids,
+                                                         batch)
+    n_classes = len(data.classes)
+    y_train = np.array([data.labels[s] for s in train_ids], dtype=np.int64)
+    y_eval = np.array([data.labels[s] for s in eval_ids], dtype=np.int64)
+    if evaluated[probe_input] is None:
+        raise InputError(f"{fold_dir}: loss {loaded.meta['loss']} has no {probe_input} "
+                         "(use the probe input z)")
+    patients = [data.patients[s] for s in train_ids]
+    probe = fit_linear_probe(train[probe_input], y_train, n_classes,
+                             groups=patients if any(patients) else None, seed=seed)
+    means = fit_centroids(train["p"], y_train, n_classes)
+    scores = {"linear_probe": probe.scores(evaluated[probe_input]),
+              "centroid": centroid_scores(evaluated["p"], means)}
+    fit = {"linear_probe": {"input": probe_input, "C": probe.C, **probe.selection,
+                            "n_train_slides": len(train_ids)},
+           "centroid": {"outputs": f"p ({evaluated['p'].shape[1]}-simplex)",
+                        "n_train_slides": len(train_ids)}}
+    if evaluated["logits"] is not None:
+        scores["classifier"] = softmax(evaluated["logits"])
+        fit["classifier"] = {"outputs": f"softmax of the {loaded.meta['loss']} run's logits"}
+    return FoldResult(fold=int(fold["fold"]), slide_ids=eval_ids, y=y_eval, scores=scores,
+                      ncmi=ncmi_measure(evaluated["p"], y_eval, n_classes),
+                      ncmi_train=ncmi_measure(train["p"], y_train, n_classes), fit=fit)
+
+
+def num(x: float) -> float | None:
+    """A JSON-safe number: NaN/inf → None (``null``)."""
+    return float(x) if np.isfinite(x) else None
+
+
+def head_metrics(y: np.ndarray, scores: np.ndarray, units: Units, classes: list[str], n_boot: int,
+                 seed: int) -> dict:
+    """The metrics.json entry of one head: scalars and per-class AUC with 95 % intervals,
+    per-class precision/recall/F1/support, the confusion matrix and notes."""
+    point = compute_metrics(y, scores)
+    interval = metric_intervals(y, scores, units, n_boot, seed)
+
+    def entry(j: int, value: float) -> dict:
+        return {"value": num(value), "ci95": [num(interval.low[j]), num(interval.high[j])],
+                "n_boot_valid": int(interval.n_valid[j])}
+
+    out = {name: entry(j, point.scalars[name]) for j, name in enumerate(SCALARS)}
+    out["per_class"] = {
+        name: {"precision": num(point.precision[c]), "recall": num(point.recall[c]),
+               "f1": num(point.f1[c]), "support": int(point.support[c]),
+               "auc": entry(len(SCALARS) + c, point.auc_per_class[c])}
+        for c, name in enumerate(classes)}
+    out["confusion"] = point.confusion.tolist()
+    out["notes"] = {classes[c]: reason for c, reason in point.notes.items()}
+    return out
+
+
+def common_heads(results: list[FoldResult]) -> list[str]:
+    """Heads that scored every fold, in :data:`HEADS` order."""
+    return [h for h in HEADS if all(h in r.scores for r in results)]
+
+
+def pool(results: list[FoldResult]) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """Slide ids, labels and per-head scores of all folds' rows, folds in order."""
+    ids = [s for r in results for s in r.slide_ids]
+    y = np.concatenate([r.y for r in results])
+    return ids, y, {h: np.concatenate([r.scores[h] for r in results])
+                    for h in common_heads(results)}
+
+
+def _mean_sd(values: np.ndarray) -> dict:
+    finite = values[np.isfinite(values)]
+    return {"mean": num(finite.mean()) if len(finite) else None,
+            "sd": num(finite.std(ddof=1)) if len(finite) > 1 else None}
+
+
+def fold_summary(results: list[FoldResult]) -> dict:
+    """Per head and scalar metric: mean and sd (ddof = 1; null with one fold) over the folds
+    where the metric is defined."""
+    out: dict = {}
+    for head in common_heads(results):
+        values = np.array([[compute_metrics(r.y, r.scores[head]).scalars[m] for m in SCALARS]
+                           for r in results])
+        out[head] = {m: _mean_sd(values[:, j]) for j, m in enumerate(SCALARS)}
+    return out
+
+
+def build_metrics(results: list[FoldResult], data: RunData, run_dir: Path, split: str,
+                  n_boot: int, seed: int, probe_input: str) -> dict:
+    """The ``metrics.json`` record (see the issue's contract; extra keys are additive)."""
+    ids, y, scores = pool(results)
+    units = resampling_units(ids, [data.patients[s] for s in ids])
+    folds = []
+    for r in results:
+        folds.append({
+            "fold": r.fold, "n_slides": len(r.slide_ids),
+            "heads": {h: {m: num(v) for m, v in compute_metrics(r.y, s).scalars.items()}
+                      for h, s in r.scores.items()},
+            "ncmi": {k: num(v) for k, v in r.ncmi.items()},
+            "ncmi_train": {k: num(v) for k, v in r.ncmi_train.items()},
+            "fit": r.fit})
+
+    def fold_mean(key: str) -> dict:
+        return {m: num(np.mean([getattr(r, key)[m] for r in results]))
+                for m in ("ncmi", "cmi", "gamma")}
+
+    meta = read_fold_meta(fold_dir(run_dir, results[0].fold))
+    return {
+        "split": split, "n_slides": len(ids), "classes": data.classes,
+        "heads": {h: head_metrics(y, s, units, data.classes, n_boot, seed)
+                  for h, s in scores.items()},
+        "ncmi": fold_mean("ncmi"),
+        "ncmi_train": fold_mean("ncmi_train"),
+        "run": str(run_dir), "loss": meta.get("loss"), "encoder": meta.get("encoder"),
+        "loss_settings": meta.get("loss_settings"),
+        "n_folds": len(results),
+        "pooled": ("out-of-fold: each fold's rows scored by that fold's model"
+                   if len(results) > 1 else "single fold"),
+        "class_counts": {c: int((y == i).sum()) for i, c in enumerate(data.classes)},
+        "n_patients": len({data.patients[s] for s in ids if data.patients[s]}),
+        "bootstrap": {"method": "percentile", "level": CI_LEVEL, "n_boot": n_boot, "seed": seed,
+                      "unit": units.kind, "n_units": units.n_units},
+        "ece_bins": f"{ECE_BINS} equal-width bins on the max class probability",
+        "probe_input": probe_input,
+        "folds": folds,
+        "fold_summary": fold_summary(results),
+    }
+
+
+def predictions_frame(results: list[FoldResult], data: RunData) -> pd.DataFrame:
+    """One row per (head, fold, slide): ids, true and predicted class, one score per class."""
+    rows = []
+    for head in HEADS:
+        for r in results:
+            if head not in r.scores:
+                continue
+            s = r.scores[head]
+            for i, sid in enumerate(r.slide_ids):
+                rows.append({"slide_id": sid, "patient_id": data.patients[sid], "fold": r.fold,
+                             "true_label": data.classes[r.y[i]], "head": head,
+                             "predicted_label": data.classes[int(s[i].argmax())],
+                             **{f"score_{c}": float(s[i, j])
+                                for j, c in enumerate(data.classes)}})
+    return pd.DataFrame(rows)
+
+
+def write_outputs(out_dir: Path, results: list[FoldResult], data: RunData,
+                  metrics: dict) -> list[Path]:
+    """metrics.json, predictions.csv, the plots and report.md in ``out_dir``; returns their
+    paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids, y, scores = pool(results)
+    title = f"{Path(metrics['run']).name} · {{}} · {metrics['split']} (n = {len(ids)})"
+    paths = []
+    for head, s in scores.items():
+        cm = np.array(metrics["heads"][head]["confusion"])
+        paths.append(plot_confusion(cm, data.classes, out_dir / f"confusion_{head}.png",
+                                    title.format(head)))
+        paths.append(plot_roc(y, s, data.classes, out_dir / f"roc_{head}.png",
+                              title.format(head)))
+    with atomic_path(out_dir / "predictions.csv") as tmp:
+        predictions_frame(results, data).to_csv(tmp, index=False)
+    write_json(out_dir / "metrics.json", metrics)
+    with atomic_path(out_dir / "report.md") as tmp:
+        tmp.write_text(render_eval_report(metrics))
+    return [*paths, out_dir / "predictions.csv", out_dir / "metrics.json",
+            out_dir / "report.md"]

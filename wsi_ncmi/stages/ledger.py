@@ -1,0 +1,57 @@
+"""The ledger of a per-slide stage: what happened to each slide, surviving kills and shards.
+
+One JSON record per slide, ``WORKSPACE/ledger/<stage>/<slide_id>.json``, written atomically,
+so it survives a kill and shards writing the same workspace never collide;
+``WORKSPACE/ledger/<stage>.csv`` is the merged view, rewritten at the end of every run.
+Record fields: ``slide_id``, ``stage``, ``status`` (``running`` | ``done`` | ``failed``),
+``reason``, ``source`` (slide file name), ``started``/``finished`` (UTC ISO 8601),
+``seconds``, ``outputs`` (paths relative to the workspace), plus stage counts (``n_tiles``…).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from ..atomic import atomic_path, write_json
+
+
+class Ledger:
+    """Per-slide records of one stage in a workspace (see module docstring)."""
+
+    def __init__(self, workspace: Path, stage: str):
+        self.workspace = Path(workspace)
+        self.stage = stage
+        self.folder = self.workspace / "ledger" / stage
+
+    def path(self, slide_id: str) -> Path:
+        return self.folder / f"{slide_id}.json"
+
+    def get(self, slide_id: str) -> dict | None:
+        try:
+            return json.loads(self.path(slide_id).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def write(self, slide_id: str, record: dict) -> None:
+        write_json(self.path(slide_id), {"slide_id": slide_id, "stage": self.stage, **record})
+
+    def merge(self) -> Path:
+        """Rewrite ``ledger/<stage>.csv`` from every record (all shards); return its path.
+        Columns: the union of the records' fields, in order of first appearance."""
+        rows = []
+        for p in sorted(self.folder.glob("*.json")):
+            try:
+                rec = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            rec["outputs"] = json.dumps(rec.get("outputs", {}))
+            rows.append(rec)
+        columns = list(dict.fromkeys(k for rec in rows for k in rec))
+        out = self.workspace / "ledger" / f"{self.stage}.csv"
+        with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        return out

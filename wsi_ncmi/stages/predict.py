@@ -1,0 +1,251 @@
+"""``predict``: a trained run on new slides — tile → extract → aggregate → probabilities.
+
+Every slide goes through the same steps the run's training features went through, with the
+settings recorded in ``RUN/features.json`` (written by ``train``): tiling (target µm/px,
+tile size, overlap, minimum tissue, segmentation µm/px, level tolerance) and the encoder
+(name, sha256 of its weights, input side and normalisation). The encoder's weights must be
+the very ones the model was trained on (:func:`~wsi_ncmi.model.encoders.load_recorded_encoder`);
+a mismatch or missing weights refuses the whole run with one line. Heads and what their
+probabilities mean: :mod:`wsi_ncmi.model.predictor`.
+
+The workspace ``OUT`` holds everything, so a rerun skips finished work at every step:
+``tiles/``, ``previews/``, ``tissue/``, ``features/<encoder>/`` (as ``tile``/``extract``
+write them), ``heatmaps/<slide_id>.png|.geojson`` (:mod:`wsi_ncmi.stages.heatmap`),
+``predictions/<slide_id>.json`` (one record per slide), ``predictions.csv`` (merged),
+``ledger/predict/`` (:mod:`wsi_ncmi.stages.ledger`) and ``provenance/predict-<shard>.json``.
+
+``predictions.csv``: ``slide_id``, ``predicted_class``, ``prob_<class>`` per class (sum to
+1), ``head``, ``folds`` (``;``-separated), ``review`` (True when the top probability is below
+the review threshold), ``n_tiles``; one row per slide predicted with this run, head and fold
+choice, sorted by slide id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..atomic import atomic_path, write_json
+from ..checksums import file_sha256
+from ..errors import InputError
+from ..formats.featurefile import features_path, is_complete
+from ..formats.ids import id_path
+from ..formats.runfolder import FEATURES, model_files, read_feature_settings
+from ..formats.tilefile import read_tile_file, settings_key
+from ..model.heads import PROBE_SEED
+from ..slides.tissue import TissueSettings
+from .heatmap import SlideCall, write_heatmap
+from .jobs import SlideJob, record_tag, shard_jobs
+from .ledger import Ledger
+from .provenance import write_record
+from .runner import RunSummary, run_jobs
+from .tile import TileConfig, tile_complete, tile_slide
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..model.encoders import Encoder
+    from ..model.predictor import RunPredictor
+    from .extract import ExtractConfig
+
+log = logging.getLogger("wsi_ncmi")
+
+DEFAULT_REVIEW_THRESHOLD = 0.8
+
+
+def tile_config_for(settings: dict, fallback_mpp: float | None = None) -> TileConfig:
+    """The :class:`~wsi_ncmi.stages.tile.TileConfig` the training slides were tiled with,
+    with ``fallback_mpp`` (µm/px) for slides that lack it."""
+    t = settings["tiling"]
+    return TileConfig(target_mpp=float(t["target_mpp"]), tile_size=int(t["tile_size"]),
+                      overlap=int(t["overlap"]), min_tissue=float(t["min_tissue"]),
+                      level_tolerance=float(t["level_tolerance"]), fallback_mpp=fallback_mpp,
+                      tissue=TissueSettings(seg_mpp=float(t["seg_mpp"])))
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """``run``: run folder; ``folds``: fold numbers used (probabilities averaged); ``head``:
+    linear_probe | centroid | classifier; ``weights``: encoder weights file (checked by
+    sha256); ``device``: auto | cpu | cuda | cuda:N; ``review_threshold``: top probability
+    (0–1) below which a slide is flagged for review; ``fallback_mpp``: level-0 µm/px for
+    slides without it in their metadata (as ``tile --fallback-mpp``); ``workers``: tile-reader
+    processes (None = extract's default); ``batch_size``: tiles per encoder forward pass;
+    ``download``: allow fetching hub weights over the network (default: local cache only)."""
+
+    run: Path
+    folds: tuple[int, ...]
+    head: str = "linear_probe"
+    weights: Path | None = None
+    device: str = "auto"
+    review_threshold: float = DEFAULT_REVIEW_THRESHOLD
+    fallback_mpp: float | None = None
+    workers: int | None = None
+    batch_size: int = 64
+    download: bool = False
+
+
+@dataclass
+class PredictOutcome:
+    """What a predict batch did: the per-slide ``summary``, the merged ``predictions`` CSV
+    and the ``provenance`` record written."""
+
+    summary: RunSummary
+    predictions: Path
+    provenance: Path
+
+
+def predict_slides(jobs: list[SlideJob], out_dir: Path, config: PredictConfig,
+                   shard: str | None = None) -> PredictOutcome:
+    """Predict every job of this shard into the workspace ``out_dir`` (see module docstring);
+    slides already predicted with the same run, folds and head are skipped."""
+    import torch
+
+    from ..model.device import select_device
+    from ..model.encoders import load_recorded_encoder
+    from ..model.predictor import load_predictor
+    from .extract import ExtractConfig, extract_key, precision_of
+
+    if not 0.0 <= config.review_threshold <= 1.0:
+        raise InputError(f"--review-threshold {config.review_threshold}: must be in [0, 1]")
+    mine = shard_jobs(jobs, shard)
+    settings = read_feature_settings(config.run)
+    device = select_device(config.device)
+    predictor = load_predictor(config.run, config.folds, config.head, str(device))
+    encoder = load_recorded_encoder(settings, config.weights, config.download)
+    if encoder.weights_source == "random":
+        log.warning("the model was trained on features of random encoder weights (test/demo)")
+    encoder.model.to(device, memory_format=torch.channels_last)
+    extract_cfg = ExtractConfig(encoder=settings["encoder"], weights=config.weights,
+                                random_weights=encoder.weights_source == "random",
+                                device=str(device), batch_size=config.batch_size,
+                                workers=(ExtractConfig.workers if config.workers is None
+                                         else config.workers))
+    tile_cfg = tile_config_for(settings, config.fallback_mpp)
+    e_key = extract_key(encoder, extract_cfg, precision_of(encoder, device, extract_cfg))
+    files = model_files(config.run, predictor.folds, probe=config.head == "linear_probe")
+    key = settings_key({"run": str(Path(config.run).resolve()), "folds": predictor.folds,
+                        "head": config.head,
+                        "files": _digests(Path(config.run), files)})
+    step = _SlideSteps(out_dir, tile_cfg, extract_cfg, encoder, device, e_key, predictor, key)
+    summary = run_jobs(mine, Ledger(out_dir, "predict"), step.process, step.is_done)
+    csv_path = merge_predictions(out_dir, key, predictor.classes, config.review_threshold)
+    finished = [j for j in mine if j.slide_id in summary.complete]
+    outputs = [csv_path] + [p for j in finished for p in step.outputs(j.slide_id)]
+    inputs = [j.path for j in finished] + files + [Path(config.run) / FEATURES]
+    inputs += [config.weights] if config.weights else []
+    tag = record_tag(jobs, shard)
+    record = write_record(out_dir / "provenance", command="predict",
+                          config={**asdict(config), "shard": shard, "feature_settings": settings,
+                                  "probe_seed": PROBE_SEED},
+                          inputs=inputs, outputs=outputs, name=f"predict-{tag}.json")
+    return PredictOutcome(summary, csv_path, record)
+
+
+@dataclass
+class _SlideSteps:
+    """Tile → extract → aggregate → heatmap for one slide, each step skipped when done."""
+
+    out_dir: Path
+    tile_cfg: TileConfig
+    extract_cfg: ExtractConfig
+    encoder: Encoder
+    device: torch.device
+    extract_key: str
+    predictor: RunPredictor
+    key: str
+
+    def features(self, slide_id: str) -> Path:
+        return features_path(self.out_dir, self.extract_cfg.encoder, slide_id)
+
+    def record_path(self, slide_id: str) -> Path:
+        return id_path(self.out_dir / "predictions", slide_id, ".json")
+
+    def outputs(self, slide_id: str) -> list[Path]:
+        heat = self.out_dir / "heatmaps"
+        return [self.record_path(slide_id), id_path(heat, slide_id, ".png"),
+                id_path(heat, slide_id, ".geojson"), self.features(slide_id),
+                id_path(self.out_dir / "tiles", slide_id, ".h5")]
+
+    def is_done(self, job: SlideJob) -> bool:
+        try:
+            record = json.loads(self.record_path(job.slide_id).read_text())
+        except (OSError, ValueError, InputError):
+            return False
+        return record.get("key") == self.key and all(p.is_file()
+                                                     for p in self.outputs(job.slide_id))
+
+    def process(self, job: SlideJob) -> dict:
+        from .extract import extract_slide
+
+        sid, ws = job.slide_id, self.out_dir
+        if not tile_complete(ws, sid, self.tile_cfg):
+            tile_slide(job.path, sid, ws, self.tile_cfg, job.mpp_override)
+        tile_file = id_path(ws / "tiles", sid, ".h5")
+        grid = read_tile_file(tile_file)
+        if len(grid.coords) == 0:
+            raise InputError(f"{job.path}: no tissue tiles found; nothing to predict")
+        features = self.features(sid)
+        if not is_complete(features, str(grid.attrs.get("settings_key", "")), self.extract_key):
+            extract_slide(job.path, tile_file, features, self.encoder, self.extract_cfg,
+                          self.device)
+        result = self.predictor.predict(features.parent, [sid])
+        proba = result["proba"][0]
+        best = int(proba.argmax())
+        classes = self.predictor.classes
+        call = SlideCall(classes[best], float(proba[best]), self.predictor.head)
+        heatmaps = write_heatmap(ws / "heatmaps", sid, job.path, features,
+                                 result["attention"][0], call)
+        record = {"slide_id": sid, "key": self.key, "source": job.path.name,
+                  "run": str(Path(self.predictor.run_dir).resolve()),
+                  "folds": self.predictor.folds, "head": self.predictor.head,
+                  "classes": classes, "predicted_class": classes[best],
+                  "probabilities": {c: float(p) for c, p in zip(classes, proba, strict=True)},
+                  "n_tiles": len(result["attention"][0])}
+        write_json(self.record_path(sid), record)
+        return {"n_tiles": record["n_tiles"], "predicted_class": classes[best],
+                "probability": round(float(proba[best]), 4),
+                "outputs": {"prediction": str(self.record_path(sid).relative_to(ws)),
+                            "heatmap": str(heatmaps[0].relative_to(ws)),
+                            "geojson": str(heatmaps[1].relative_to(ws))}}
+
+
+def merge_predictions(out_dir: Path, key: str, classes: list[str],
+                      review_threshold: float) -> Path:
+    """Rewrite ``out_dir/predictions.csv`` from the per-slide records made with ``key`` (all
+    shards); records of other runs, heads or folds are left out (and counted in the log)."""
+    import pandas as pd
+
+    rows, other = [], 0
+    for path in sorted((Path(out_dir) / "predictions").glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if rec.get("key") != key:
+            other += 1
+            continue
+        probs = [rec["probabilities"][c] for c in classes]
+        rows.append({"slide_id": rec["slide_id"], "predicted_class": rec["predicted_class"],
+                     **{f"prob_{c}": p for c, p in zip(classes, probs, strict=True)},
+                     "head": rec["head"], "folds": ";".join(map(str, rec["folds"])),
+                     "review": bool(max(probs) < review_threshold),
+                     "n_tiles": rec["n_tiles"]})
+    if other:
+        log.info("predictions.csv: %d record(s) made with another run, head or folds left out",
+                 other)
+    columns = ["slide_id", "predicted_class", *(f"prob_{c}" for c in classes), "head", "folds",
+               "review", "n_tiles"]
+    out = Path(out_dir) / "predictions.csv"
+    with atomic_path(out) as tmp:
+        pd.DataFrame(rows, columns=columns).sort_values("slide_id").to_csv(tmp, index=False)
+    return out
+
+
+def _digests(run_dir: Path, paths: Sequence[Path]) -> dict[str, str]:
+    """sha256 of each existing file, keyed by its path relative to ``run_dir``."""
+    return {str(p.relative_to(run_dir)): file_sha256(p) for p in paths if p.is_file()}

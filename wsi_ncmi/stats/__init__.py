@@ -1,0 +1,1 @@
+"""Statistics: splits, metrics, bootstrap intervals, simplex geometry, plots, reports."""

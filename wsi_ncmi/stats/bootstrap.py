@@ -1,0 +1,126 @@
+"""Percentile bootstrap intervals for slide-level metrics, resampling patients.
+
+Slides of one patient are not independent, so the resampling unit is the patient: a resample
+draws as many patients as there are, with replacement, and takes all slides of each draw.
+Slides without a ``patient_id`` are their own unit; with no patient ids at all the unit is the
+slide. The model and the heads stay fixed: the intervals describe the uncertainty from which
+slides happened to be evaluated, not from retraining.
+
+A resample where a metric is undefined (e.g. an AUC when a class was not drawn) is left out of
+that metric's interval; how many resamples counted is reported as ``n_valid``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .metrics import SCALARS, check_inputs, metric_vector
+
+CI_LEVEL = 0.95
+
+
+@dataclass
+class Units:
+    """Resampling units: ``codes`` (n,) int unit index per slide; ``kind`` "patient" or
+    "slide"; ``n_units`` how many distinct units."""
+
+    codes: np.ndarray
+    kind: str
+    n_units: int
+
+
+@dataclass
+class Interval:
+    """Percentile intervals of a vector statistic: ``low``, ``high`` (d,) and ``n_valid`` (d,)
+    resamples where the statistic was finite."""
+
+    low: np.ndarray
+    high: np.ndarray
+    n_valid: np.ndarray
+
+
+def resampling_units(slide_ids: Sequence[str], patient_ids: Sequence[str] | None) -> Units:
+    """Group slides by patient (a blank patient id makes the slide its own unit); by slide
+    when ``patient_ids`` is None or entirely blank."""
+    patients = [] if patient_ids is None else [str(p).strip() for p in patient_ids]
+    if not any(patients):
+        keys = [f"slide:{s}" for s in slide_ids]
+        kind = "slide"
+    else:
+        keys = [f"patient:{p}" if p else f"slide:{s}"
+                for s, p in zip(slide_ids, patients, strict=True)]
+        kind = "patient"
+    _, codes = np.unique(np.array(keys, dtype=object), return_inverse=True)
+    return Units(codes=codes.astype(np.int64), kind=kind, n_units=int(codes.max(initial=-1)) + 1)
+
+
+def resample_indices(codes: np.ndarray, n_boot: int, seed: int) -> list[np.ndarray]:
+    """``n_boot`` arrays of slide indices, each all slides of as many units as there are,
+    drawn with replacement (numpy ``default_rng(seed)``; same seed → same resamples)."""
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_boot):
+        units = rng.integers(0, len(counts), size=len(counts))
+        lengths = counts[units]
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out.append(order[np.repeat(starts[units], lengths) + offsets])
+    return out
+
+
+def percentile_interval(samples: np.ndarray, level: float = CI_LEVEL) -> Interval:
+    """Percentile interval per column of ``samples`` (n_boot×d), ignoring non-finite entries;
+    NaN bounds for a column with no finite sample."""
+    tail = 100 * (1 - level) / 2
+    finite = np.isfinite(samples)
+    low, high = np.full(samples.shape[1], np.nan), np.full(samples.shape[1], np.nan)
+    for j in np.flatnonzero(finite.any(0)):
+        low[j], high[j] = np.percentile(samples[finite[:, j], j], [tail, 100 - tail])
+    return Interval(low=low, high=high, n_valid=finite.sum(0))
+
+
+def bootstrap(stat: Callable[[np.ndarray], np.ndarray], units: Units, n_boot: int,
+              seed: int) -> Interval:
+    """Percentile 95 % interval of ``stat`` (slide indices → (d,) float vector) over
+    ``n_boot`` unit resamples."""
+    draws = resample_indices(units.codes, n_boot, seed)
+    return percentile_interval(np.stack([stat(idx) for idx in draws]))
+
+
+def metric_intervals(y: np.ndarray, scores: np.ndarray, units: Units, n_boot: int,
+                     seed: int) -> Interval:
+    """Intervals of :func:`wsi_ncmi.stats.metrics.metric_vector` (the scalars, then per-class AUC)
+    for labels ``y`` (n,) and scores (n×C)."""
+    y, scores = check_inputs(y, scores)
+    return bootstrap(lambda idx: metric_vector(y[idx], scores[idx]), units, n_boot, seed)
+
+
+def paired_difference(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray,
+                      units: Units, n_boot: int, seed: int) -> dict[str, dict]:
+    """B − A for every scalar metric on the same slides, with a paired 95 % interval (both
+    runs scored on each resample's slides).
+
+    ``y`` (n,) labels; ``scores_a``, ``scores_b`` (n×C) the two runs' scores for the same
+    slides in the same order. Returns ``{metric: {"a", "b", "diff", "ci95": [lo, hi],
+    "n_valid"}}`` for each of :data:`~wsi_ncmi.stats.metrics.SCALARS`.
+    """
+    y, scores_a = check_inputs(y, scores_a)
+    _, scores_b = check_inputs(y, scores_b)
+    if scores_a.shape != scores_b.shape:
+        raise ValueError(f"scores differ in shape: {scores_a.shape} vs {scores_b.shape}")
+    k = len(SCALARS)
+
+    def diff(idx: np.ndarray) -> np.ndarray:
+        return metric_vector(y[idx], scores_b[idx])[:k] - metric_vector(y[idx], scores_a[idx])[:k]
+
+    a, b = metric_vector(y, scores_a)[:k], metric_vector(y, scores_b)[:k]
+    interval = bootstrap(diff, units, n_boot, seed)
+    return {name: {"a": float(a[j]), "b": float(b[j]), "diff": float(b[j] - a[j]),
+                   "ci95": [float(interval.low[j]), float(interval.high[j])],
+                   "n_valid": int(interval.n_valid[j])}
+            for j, name in enumerate(SCALARS)}

@@ -1,0 +1,77 @@
+"""Evaluation figures: confusion matrix and one-vs-rest ROC curves, one PNG per head.
+
+Drawn on matplotlib's Agg canvas directly (no pyplot state, no display needed) and written
+atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_curve
+
+from ..atomic import atomic_path
+from .metrics import binary_auc
+
+DPI = 120
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path, title: str) -> Path:
+    """Confusion matrix (C×C counts, rows = true class) as a PNG at ``path``: colour = share of
+    the true class's slides (row-normalised), text = count and share."""
+    cm = np.asarray(cm)
+    rows = cm.sum(1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    size = 1.2 + 0.7 * len(classes)
+    fig = Figure(figsize=(size + 1.2, size))
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="share of true class")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.0%}", ha="center", va="center",
+                    fontsize=8, color="white" if share[i, j] > 0.6 else "black")
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, labels=list(classes), rotation=45, ha="right")
+    ax.set_yticks(ticks, labels=list(classes))
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_roc(y: np.ndarray, scores: np.ndarray, classes: Sequence[str], path: Path,
+             title: str) -> Path:
+    """One-vs-rest ROC curve per class (labels ``y`` (n,), scores (n×C)) as a PNG at
+    ``path``; a class whose AUC is undefined on these slides is listed as such."""
+    y = np.asarray(y)
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
+    for c, name in enumerate(classes):
+        positive = y == c
+        if positive.all() or not positive.any():
+            missing = "negatives" if positive.any() else "positives"
+            ax.plot([], [], label=f"{name}: AUC undefined (no {missing})")
+            continue
+        fpr, tpr, _ = roc_curve(positive, scores[:, c])
+        ax.plot(fpr, tpr, linewidth=1.5,
+                label=f"{name}: AUC {binary_auc(positive, scores[:, c]):.3f}")
+    ax.set_xlim(-0.01, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
