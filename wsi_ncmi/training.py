@@ -12,9 +12,10 @@ Per training step (θ-step): aggregator → loss head → backward → optimiser
 the warm-up share of the epochs each θ-step is followed by the loss's q-step on the same batch.
 
 After every epoch the model runs in eval mode over the training and validation bags (all
-tiles). Validation predictions come from the loss's own classifier (CE family) or, for NCMI, the
-centroid head: s_c = mean of p over the training bags of class c, predict argmin_c KL(p‖s_c),
-class scores softmax_c(−KL(p‖s_c)). The checkpoint with the best validation macro-F1 is kept
+tiles). Validation predictions come from the loss's own classifier when its head has logits (CE
+family, OPL, squentropy, square) or else (NCMI, SupCon) from the centroid head: s_c = mean of p
+over the training bags of class c, predict argmin_c KL(p‖s_c), class scores
+softmax_c(−KL(p‖s_c)). The checkpoint with the best validation macro-F1 is kept
 (a later epoch that equals it replaces it); training stops after ``optim.patience`` epochs
 without reaching it. Without validation slides the last epoch is kept.
 
@@ -30,10 +31,11 @@ the centroids now and when they were initialised — NCMI — or at the end of t
 
 ``model.json``: ``classes``, ``loss``, ``loss_settings`` (all of them), ``feature_dim`` (D),
 ``embed_dim`` (m), ``attn_dim``, ``dropout``, ``encoder``, ``centroid_mode``, ``centroid_map``,
-``temperature`` (NCMI; null otherwise), ``best_epoch``, ``best_val_macro_f1``, ``epochs_run``,
-``validation_head`` and ``centroid_head_means`` (C×k class means of p over the fold's training
-bags with the saved weights). ``embeddings.npz``: ``slide_id``, ``z`` (n×m), ``p`` (n×k), plus
-``z_tilde`` (NCMI) or ``logits`` (CE family), for every slide of the fold.
+``temperature`` (NCMI, SupCon; null otherwise), ``best_epoch``, ``best_val_macro_f1``,
+``epochs_run``, ``validation_head`` and ``centroid_head_means`` (C×k class means of p over the
+fold's training bags with the saved weights). ``embeddings.npz``: ``slide_id``, ``z`` (n×m),
+``p`` (n×k), plus ``z_tilde`` (NCMI) or ``logits`` (losses with a classifier), for every slide
+of the fold.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ from .manifests import load_manifest
 from .splits import make_splits, validate_splits
 
 MODEL_SCHEMA_VERSION = 1
+#: losses that learn nothing from one bag per step, and why
+PAIRED_LOSSES = {"ncmi": "the first batch sets the centre μ",
+                 "supcon": "it contrasts bags of one batch with each other"}
 log = logging.getLogger(__name__)
 
 
@@ -222,9 +227,9 @@ def resolved_loss_section(cfg: dict, n_classes: int) -> dict:
     """``{"name": ..., name: settings}`` with every default, checked by building the loss."""
     name = cfg["loss"]["name"]
     loss = get_loss(name, n_classes, cfg["model"]["embed_dim"], **loss_settings(cfg))
-    if name == "ncmi" and cfg["optim"]["batch_size"] < 2:
-        raise InputError("optim.batch_size must be ≥ 2 for the ncmi loss (the first batch "
-                         "sets the centre μ)")
+    if name in PAIRED_LOSSES and cfg["optim"]["batch_size"] < 2:
+        raise InputError(f"optim.batch_size must be ≥ 2 for the {name} loss "
+                         f"({PAIRED_LOSSES[name]})")
     return {"name": name, name: loss.settings()}
 
 
