@@ -21,8 +21,8 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Run folder to write (reuses its "
                                       "splits.json when present).")],
     loss: Annotated[str | None, typer.Option(
-        help="ncmi | ce | label_smoothing | focal | cmi_ce (default: the config's loss.name, "
-        "else ncmi).")] = None,
+        help="ncmi | ce | label_smoothing | focal | cmi_ce | opl | squentropy | square | "
+        "supcon (default: the config's loss.name, else ncmi).")] = None,
     config: Annotated[list[Path] | None, typer.Option(
         help="YAML config; repeat to deep-merge several (later files win).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (integer; default: the "

@@ -5,9 +5,10 @@ Per training step (θ-step): aggregator → loss head → backward → optimiser
 the warm-up share of the epochs each θ-step is followed by the loss's q-step on the same batch.
 
 After every epoch the model runs in eval mode over the training and validation bags (all
-tiles). Validation predictions come from the loss's own classifier (CE family) or, for NCMI, the
-centroid head: s_c = mean of p over the training bags of class c, predict argmin_c KL(p‖s_c),
-class scores softmax_c(−KL(p‖s_c)). The checkpoint with the best validation macro-F1 is kept
+tiles). Validation predictions come from the loss's own classifier when its head has logits (CE
+family, OPL, squentropy, square) or else (NCMI, SupCon) from the centroid head: s_c = mean of p
+over the training bags of class c, predict argmin_c KL(p‖s_c), class scores
+softmax_c(−KL(p‖s_c)). The checkpoint with the best validation macro-F1 is kept
 (a later epoch that equals it replaces it); training stops after ``optim.patience`` epochs
 without reaching it. Without validation slides the last epoch is kept.
 

@@ -8,10 +8,11 @@ fold (:mod:`wsi_ncmi.model.fit`) and writes the run folder (:mod:`wsi_ncmi.forma
 
 ``model.json``: ``classes``, ``loss``, ``loss_settings`` (all of them), ``feature_dim`` (D),
 ``embed_dim`` (m), ``attn_dim``, ``dropout``, ``encoder``, ``centroid_mode``, ``centroid_map``,
-``temperature`` (NCMI; null otherwise), ``best_epoch``, ``best_val_macro_f1``, ``epochs_run``,
-``validation_head`` and ``centroid_head_means`` (C×k class means of p over the fold's training
-bags with the saved weights). ``embeddings.npz``: ``slide_id``, ``z`` (n×m), ``p`` (n×k), plus
-``z_tilde`` (NCMI) or ``logits`` (CE family), for every slide of the fold.
+``temperature`` (NCMI, SupCon; null otherwise), ``best_epoch``, ``best_val_macro_f1``,
+``epochs_run``, ``validation_head`` and ``centroid_head_means`` (C×k class means of p over the
+fold's training bags with the saved weights). ``embeddings.npz``: ``slide_id``, ``z`` (n×m),
+``p`` (n×k), plus ``z_tilde`` (NCMI) or ``logits`` (losses with a classifier), for every slide
+of the fold.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from ..model.inference import check_bags
 from ..model.losses import get_loss, loss_names
 from ..stats.splits import make_splits, validate_splits
 from .provenance import write_record
+
+#: losses that learn nothing from one bag per step, and why
+PAIRED_LOSSES = {"ncmi": "the first batch sets the centre μ",
+                 "supcon": "it contrasts bags of one batch with each other"}
 
 
 def train_run(config: dict, out_dir: Path, features_dir: Path, manifest: Path, *,
@@ -91,9 +96,9 @@ def resolved_loss_section(cfg: dict, n_classes: int) -> dict:
     """``{"name": ..., name: settings}`` with every default, checked by building the loss."""
     name = cfg["loss"]["name"]
     loss = get_loss(name, n_classes, cfg["model"]["embed_dim"], **loss_settings(cfg))
-    if name == "ncmi" and cfg["optim"]["batch_size"] < 2:
-        raise InputError("optim.batch_size must be ≥ 2 for the ncmi loss (the first batch "
-                         "sets the centre μ)")
+    if name in PAIRED_LOSSES and cfg["optim"]["batch_size"] < 2:
+        raise InputError(f"optim.batch_size must be ≥ 2 for the {name} loss "
+                         f"({PAIRED_LOSSES[name]})")
     return {"name": name, name: loss.settings()}
 
 

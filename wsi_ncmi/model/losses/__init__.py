@@ -1,5 +1,5 @@
 """Slide-level losses selected by name: ``ncmi`` and the baselines ``ce``,
-``label_smoothing``, ``focal``, ``cmi_ce``.
+``label_smoothing``, ``focal``, ``cmi_ce``, ``opl``, ``squentropy``, ``square``, ``supcon``.
 
 Every loss is a :class:`~wsi_ncmi.model.losses.base.SlideLoss`: a module that maps slide embeddings
 z (B×m) to simplex outputs and a training loss, owning its head's parameters. Adding a loss is
