@@ -165,7 +165,7 @@ class _Renderer:
 
 
 def _write_tiff(path: Path, render: _Renderer, levels: list[int], quality: int,
-                mpp: float | None, compression: str = "jpeg") -> None:
+                mpp: float | None, compression: str | None = "jpeg") -> None:
     import tifffile
 
     with tifffile.TiffWriter(path, bigtiff=True) as tw:
@@ -210,7 +210,7 @@ def _write_svs(path: Path, render: _Renderer, levels: list[int], quality: int,
 
 def _write_dicom(path: Path, render: _Renderer, levels: list[int], quality: int, mpp: float,
                  seed: int) -> None:
-    """Render a lossless temporary TIFF, convert it with wsidicomizer through its OpenSlide
+    """Render an uncompressed temporary TIFF, convert it with wsidicomizer through its OpenSlide
     source (tifffile-based sources drop levels when the steps between levels differ) to
     JPEG at ``quality`` in tiles of the renderer's size, and name the files after ``path``."""
     try:
@@ -226,7 +226,7 @@ def _write_dicom(path: Path, render: _Renderer, levels: list[int], quality: int,
     uids = iter(range(1, 10**6))
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".dicomizing-") as tmp:
         source = Path(tmp) / "source.tif"
-        _write_tiff(source, render, levels, quality, mpp, "zlib")
+        _write_tiff(source, render, levels, quality, mpp, None)
         files = WsiDicomizer.convert(
             source, Path(tmp) / "out", tile_size=render.tile,
             encoding=JpegSettings(quality=quality), preferred_source=SourceIdentifier.OPENSLIDE,

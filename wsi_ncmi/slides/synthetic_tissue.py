@@ -47,7 +47,7 @@ _LESION_DISCS = {
 # Ruifrok & Johnston (2001) optical-density vectors (R, G, B) of haematoxylin and eosin.
 _H_REF = (0.650, 0.704, 0.286)
 _E_REF = (0.072, 0.990, 0.105)
-_OD_OF_VALUE = -np.log(np.maximum(np.arange(256, dtype=np.float32), 1) / 255)
+_OD_OF_VALUE = -np.log(np.maximum(np.arange(256, dtype=np.float32), 1) / 255).reshape(1, 256)
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class Stain:
     def apply(self, rgb: np.ndarray) -> np.ndarray:
         """Recolour RGB of shape (h, w, 3), values in [0, 255] (rounded down to integers);
         returns float32 of that shape."""
-        od = _OD_OF_VALUE[np.clip(rgb, 0, 255).astype(np.uint8)]
+        od = cv2.LUT(np.clip(rgb, 0, 255).astype(np.uint8), _OD_OF_VALUE)
         out = cv2.exp(cv2.transform(od, -self.od_matrix().T))
         return out * (255.0 * np.asarray(self.gain, np.float32))
 
@@ -253,14 +253,12 @@ def render_tile(layout: SlideLayout, x0: float, y0: float, size: int, downsample
         img = BACKGROUND + 2 * grain
     else:
         lesion = tissue & (les > 0.5)
-        img = np.empty((size, size, 3), np.float32)
-        img[:] = BACKGROUND
-        img[tissue] = _STROMA
+        img = np.where(tissue[..., None], _STROMA, np.float32(BACKGROUND))
         if level_mpp > 2.0:
             _coarse_texture(img, tissue, lesion, layout.lesion_kind)
         else:
             _draw_nuclei(img, tissue, lesion, layout.lesion_kind, level_mpp, rng)
-        img += np.where(tissue[..., None], 8.0, 2.0) * grain
+        img += np.where(tissue[..., None], np.float32(8), np.float32(2)) * grain
     if stain is not None:
         img = stain.apply(img)
     return np.clip(img, 0, 255).astype(np.uint8)
