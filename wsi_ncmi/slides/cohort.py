@@ -84,8 +84,8 @@ class Centre:
 class CohortSpec:
     """What :func:`write_cohort` makes.
 
-    Patient k belongs to centre k mod C and class (k + k div C) mod K, so any number of
-    patients spreads evenly over centres and classes, and C·K patients hold every
+    Patient k belongs to centre k mod C and class (k div C + k mod C) mod K, so any number
+    of patients spreads evenly over centres and classes, and C·K patients hold every
     (centre, class) pair. Each patient has ``slides_per_patient`` slides of its class.
     Slide width is drawn log-uniformly in ``width_mm`` (mm; at least 2.5 lesion
     diameters), height = width · U(``aspect``); ``fragments`` (inclusive range) tissue
@@ -109,7 +109,7 @@ class CohortSpec:
     holdout: str | None = None
     split_shares: tuple[float, float, float] = (0.6, 0.2, 0.2)
     manifest_mpp: bool = True
-    stain_jitter: float = 0.04
+    stain_jitter: float = 0.03
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.centres]
@@ -168,7 +168,7 @@ def plan_cohort(spec: CohortSpec, seed: int = 0) -> list[SlidePlan]:
     """Every slide of ``spec`` (the bad ones last), drawn deterministically from ``seed``."""
     rng = np.random.default_rng(seed)
     n_c, n_k = len(spec.centres), len(spec.classes)
-    members = [(k % n_c, (k + k // n_c) % n_k) for k in range(spec.patients)]
+    members = [(k % n_c, (k // n_c + k % n_c) % n_k) for k in range(spec.patients)]
     splits = _splits(spec, members, rng)
     per_centre = [0] * n_c
     plans = []
@@ -268,6 +268,8 @@ def _plan_slide(spec: CohortSpec, rng: np.random.Generator, k: int, j: int, cent
     lo, hi = spec.width_mm
     width_mm = max(math.exp(rng.uniform(math.log(lo), math.log(hi))),
                    2.5 * (lesion_um or 0) / 1000)
+    if damage:  # a bad file's size does not matter: keep it cheap to write
+        width_mm = lo
     width = round(width_mm * 1000 / centre.mpp)
     record_mpp = not (centre.no_mpp_every and index % centre.no_mpp_every == 0)
     return SlidePlan(
