@@ -13,7 +13,8 @@ split. :func:`write_cohort` writes into a folder:
   group`` (centre) ``, split, mpp`` (the true µm/px, only for slides that record none and
   only if the spec says the manifest supplies it);
 - ``truth.csv``: what each slide really is, for tests (:data:`TRUTH_COLUMNS`);
-- ``cohort.json``: the spec and seed; a later call with the same ones reuses the files.
+- ``cohort.json``: the spec, seed and :data:`GENERATOR_VERSION`; a later call with the
+  same ones reuses the files (another spec's slides listed in ``truth.csv`` are removed).
 
 Presets are in :mod:`wsi_ncmi.slides.cohort_presets`.
 Bad files, one extra slide of an existing patient per entry of ``bad_files``, are kinds of
@@ -41,6 +42,9 @@ from ..synthetic import (
     write_synthetic_slide,
 )
 
+# Raise when a change makes the same spec and seed write different slides: it invalidates
+# cohorts that write_cohort would otherwise reuse.
+GENERATOR_VERSION = 1
 VENDORS = {"tiff": "generic-tiff", "svs": "aperio", "dicom": "dicom"}
 TRUTH_COLUMNS = (
     "slide_id", "path", "label", "patient_id", "centre", "format", "vendor", "width", "height",
@@ -193,7 +197,8 @@ def write_cohort(spec: CohortSpec, folder: str | Path, seed: int = 0,
     ``cohort.json`` says they were made from the same spec and seed."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    record = json.dumps({"spec": asdict(spec), "seed": seed}, sort_keys=True, default=str)
+    record = json.dumps({"spec": asdict(spec), "seed": seed, "generator": GENERATOR_VERSION},
+                        sort_keys=True, default=str)
     stamp, truth_csv = folder / "cohort.json", folder / "truth.csv"
     previous = _read_truth(truth_csv)
     if stamp.is_file() and stamp.read_text() == record and previous and all(
@@ -269,7 +274,7 @@ def _plan_slide(spec: CohortSpec, rng: np.random.Generator, k: int, j: int, cent
     width_mm = max(math.exp(rng.uniform(math.log(lo), math.log(hi))),
                    2.5 * (lesion_um or 0) / 1000)
     if damage:  # a bad file's size does not matter: keep it cheap to write
-        width_mm = lo
+        width_mm = max(lo, 2.5 * (lesion_um or 0) / 1000)
     width = round(width_mm * 1000 / centre.mpp)
     record_mpp = not (centre.no_mpp_every and index % centre.no_mpp_every == 0)
     return SlidePlan(

@@ -13,6 +13,18 @@ from ..synthetic import DAMAGE_KINDS, Stain
 from .cohort import Centre, CohortSpec, LesionClass
 
 CAMELYON_THRESHOLDS_UM = (200.0, 2000.0)
+# Centre stains, pairwise ≥ 0.08 apart in the optical density of stroma (per-slide jitter of
+# 3 % moves it by ~0.01): reference; strong H, weak bluish E; pale H, strong E; dark and
+# purple; pale E.
+STAINS = (
+    Stain(),
+    Stain(1.3, 0.8, h_shift=(-0.05, 0.0, 0.12), e_shift=(0.15, 0.0, 0.15),
+          gain=(0.97, 0.99, 1.02)),
+    Stain(0.85, 1.25, e_shift=(0.0, 0.05, -0.05), gain=(1.02, 0.99, 0.97)),
+    Stain(1.2, 1.1, h_shift=(0.1, -0.05, 0.0), e_shift=(-0.05, 0.0, 0.15),
+          gain=(1.0, 0.96, 1.0)),
+    Stain(0.9, 0.7, gain=(1.0, 1.02, 1.0)),
+)
 
 
 def camelyon_classes(size_scale: float = 0.25) -> tuple[LesionClass, ...]:
@@ -35,16 +47,15 @@ def camelyon_centres(dicom: bool = True) -> tuple[Centre, ...]:
     ``dicom=False`` gives c3 generic TIFFs instead of DICOM (no optional dependency)."""
     return (
         Centre("c0", 0.243, ("svs",), ((1, 4, 16), (1, 4, 16, 64)), (240,), (70, 80),
-               Stain()),
+               STAINS[0]),
         Centre("c1", 0.226, ("tiff",), ((1, 2, 4, 8, 16), (1, 2, 8)), (256,), (85, 95),
-               Stain(1.3, 0.8, h_shift=(-0.05, 0.0, 0.12), gain=(0.92, 0.97, 1.04))),
+               STAINS[1]),
         Centre("c2", 0.2525, ("svs", "tiff"), ((1, 4, 16), (1, 16)), (240, 512), (75, 90),
-               Stain(0.85, 1.25, e_shift=(0.0, 0.05, -0.05), gain=(1.03, 0.98, 0.96))),
+               STAINS[2]),
         Centre("c3", 0.25, ("dicom",) if dicom else ("tiff",), ((1, 4, 16), (1, 2, 8, 32)),
-               (256, 512), (80, 92),
-               Stain(1.15, 1.15, h_shift=(0.08, -0.04, 0.0), gain=(1.0, 0.94, 0.97))),
+               (256, 512), (80, 92), STAINS[3]),
         Centre("c4", 0.27, ("tiff", "svs"), ((1, 8, 32), (1, 4, 16)), (512, 256), (70, 95),
-               Stain(0.9, 0.7, gain=(1.0, 1.03, 1.0)), no_mpp_every=2),
+               STAINS[4], no_mpp_every=2),
     )
 
 
@@ -91,12 +102,11 @@ def demo(patients: int = 20, holdout: str | None = None) -> CohortSpec:
                LesionClass("dense_lesion", "dense", (0.0, math.inf), (400.0, 800.0)),
                LesionClass("gland_lesion", "glands", (0.0, math.inf), (400.0, 800.0)))
     centres = (
-        Centre("c0", 0.499, ("svs",), ((1, 4, 16),), (240,), (70, 80), Stain()),
+        Centre("c0", 0.499, ("svs",), ((1, 4, 16),), (240,), (70, 80), STAINS[0]),
         Centre("c1", 0.4545, ("tiff",), ((1, 2, 4, 8), (1, 8)), (256, 512), (85, 95),
-               Stain(1.3, 0.8, h_shift=(-0.05, 0.0, 0.12), gain=(0.92, 0.97, 1.04))),
+               STAINS[1]),
         Centre("c2", 0.5034, ("tiff", "svs"), ((1, 4, 16), (1, 16)), (512,), (75, 90),
-               Stain(0.85, 1.25, e_shift=(0.0, 0.05, -0.05), gain=(1.03, 0.98, 0.96)),
-               no_mpp_every=3),
+               STAINS[2], no_mpp_every=3),
     )
     return CohortSpec("demo", classes, centres, patients, 2, width_mm=(1.8, 2.8),
                       holdout=holdout)

@@ -47,17 +47,20 @@ _LESION_DISCS = {
 # Ruifrok & Johnston (2001) optical-density vectors (R, G, B) of haematoxylin and eosin.
 _H_REF = (0.650, 0.704, 0.286)
 _E_REF = (0.072, 0.990, 0.105)
-_OD_OF_VALUE = -np.log(np.maximum(np.arange(256, dtype=np.float32), 1) / 255).reshape(1, 256)
+# Optical density of each 8-bit value against the slide's white (the empty glass).
+_OD_OF_VALUE = -np.log(np.maximum(np.arange(256, dtype=np.float32), 1) / BACKGROUND
+                       ).reshape(1, 256)
 
 
 @dataclass(frozen=True)
 class Stain:
     """A centre's staining and scanning colour, applied to RGB in optical density
-    (OD = -ln(I / 255)). The OD is unmixed into haematoxylin, eosin and a residual with the
-    reference stain vectors; the H and E amounts are scaled by ``hematoxylin``/``eosin``;
-    the result is remixed with the centre's vectors (reference + ``h_shift``/``e_shift``,
-    renormalised); intensities are then multiplied by the scanner's per-channel ``gain``
-    (R, G, B). The default is the identity."""
+    (OD = -ln(I / I0), I0 = ``BACKGROUND``: the empty glass keeps OD 0). The OD is unmixed
+    into haematoxylin, eosin and a residual with the reference stain vectors; the H and E
+    amounts are scaled by ``hematoxylin``/``eosin``; the result is remixed with the
+    centre's vectors (reference + ``h_shift``/``e_shift``, renormalised); intensities are
+    then multiplied by the scanner's per-channel ``gain`` (R, G, B: white balance). The
+    default is the identity."""
 
     hematoxylin: float = 1.0
     eosin: float = 1.0
@@ -77,7 +80,7 @@ class Stain:
         returns float32 of that shape."""
         od = cv2.LUT(np.clip(rgb, 0, 255).astype(np.uint8), _OD_OF_VALUE)
         out = cv2.exp(cv2.transform(od, -self.od_matrix().T))
-        return out * (255.0 * np.asarray(self.gain, np.float32))
+        return out * (BACKGROUND * np.asarray(self.gain, np.float32))
 
     def jittered(self, rng: np.random.Generator, amount: float) -> Stain:
         """This stain with H, E amounts and gains varied by up to ± ``amount`` (relative;
@@ -232,7 +235,7 @@ def make_layout(
         r = shape.reach() / cell
         cushion = _blob(xx, yy, shape.cx / cell - 0.5, shape.cy / cell - 0.5, 1.3 * r + 2,
                         1.3 * r + 2, 0.0)
-        tissue = np.maximum(tissue, cushion)
+        tissue = np.maximum(tissue, cushion + _smooth_noise(rng, gh, gw, 8) * 0.3)
         shapes = (shape,)
     elif lesion is not None:
         lesion_field = _lesion_field(rng, tissue, xx, yy, lesion_share)
