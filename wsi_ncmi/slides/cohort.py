@@ -24,6 +24,7 @@ Bad files, one extra slide of an existing patient per entry of ``bad_files``, ar
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import shutil
@@ -214,6 +215,9 @@ def write_cohort(spec: CohortSpec, folder: str | Path, seed: int = 0,
         else:
             (folder / parts[0]).unlink(missing_ok=True)
     plans = plan_cohort(spec, seed)
+    if any(p.format == "dicom" for p in plans) and not importlib.util.find_spec("wsidicomizer"):
+        raise ImportError(f"cohort {spec.name!r} has DICOM slides, which need the optional "
+                          "dependency wsidicomizer: pip install 'wsi-ncmi[dicom]'")
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 

@@ -90,14 +90,15 @@ def bracs_like(patients: int = 30, slides_per_patient: int = 1,
                       bad_files=bad_files)
 
 
-def demo(patients: int = 20, holdout: str | None = None) -> CohortSpec:
+def demo(patients: int = 20, width_mm: tuple[float, float] = (1.8, 2.8),
+         holdout: str | None = None) -> CohortSpec:
     """The demo's cohort: 3 classes by lesion pattern (``normal`` without lesion,
     ``dense_lesion``, ``gland_lesion``; one lesion of 400–800 µm), 3 centres at 20×-like
     µm/px (c0: 0.499, SVS; c1: 0.4545, TIFF with steps of 2; c2: 0.5034, TIFF and SVS, a
     pyramid with a missing level, and no recorded µm/px in every third slide from the
     first, which the manifest gives), each with its own stain, tiles and JPEG quality;
-    ``patients`` patients of 2 slides (40 slides), slides 1.8–2.8 mm wide (3 600–6 200 px),
-    no bad files."""
+    ``patients`` patients of 2 slides (40 slides), slides ``width_mm`` wide (1.8–2.8 mm:
+    3 600–6 200 px, ~650 Mpx in all), no bad files."""
     classes = (LesionClass("normal", None),
                LesionClass("dense_lesion", "dense", (0.0, math.inf), (400.0, 800.0)),
                LesionClass("gland_lesion", "glands", (0.0, math.inf), (400.0, 800.0)))
@@ -108,5 +109,5 @@ def demo(patients: int = 20, holdout: str | None = None) -> CohortSpec:
         Centre("c2", 0.5034, ("tiff", "svs"), ((1, 4, 16), (1, 16)), (512,), (75, 90),
                STAINS[2], no_mpp_every=3),
     )
-    return CohortSpec("demo", classes, centres, patients, 2, width_mm=(1.8, 2.8),
+    return CohortSpec("demo", classes, centres, patients, 2, width_mm=width_mm,
                       holdout=holdout)
