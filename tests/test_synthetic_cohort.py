@@ -19,7 +19,7 @@ import pytest
 
 from wsi_ncmi.manifests import check_manifest
 from wsi_ncmi.slide import metadata_mpp
-from wsi_ncmi.slides.cohort import Cohort, plan_cohort, write_cohort
+from wsi_ncmi.slides.cohort import TRUTH_COLUMNS, Cohort, plan_cohort, write_cohort
 from wsi_ncmi.slides.cohort_presets import bracs_like, camelyon_classes, camelyon_like, demo
 from wsi_ncmi.slides.synthetic_tissue import Stain, make_layout, render_tile
 
@@ -99,8 +99,8 @@ def test_stain_differs_by_centre(cohort):
         level = max(i for i, m in enumerate(mpps) if m <= 2.0)
         rgb = np.asarray(slide.read_region((0, 0), level, slide.level_dimensions[level]))
         px = rgb[..., :3].reshape(-1, 3).astype(np.float32)
-        tissue = px[px.min(1) < 225]
-        colour.setdefault(t["centre"], []).append(np.median(-np.log(np.maximum(tissue, 1) / 255), 0))
+        tissue = np.maximum(px[px.min(1) < 225], 1)
+        colour.setdefault(t["centre"], []).append(np.median(-np.log(tissue / 255), 0))
     within = max(np.linalg.norm(a - b) for c in colour.values() for a in c for b in c)
     means = {c: np.mean(v, 0) for c, v in colour.items()}
     between = min(np.linalg.norm(means[a] - means[b]) for a in means for b in means if a < b)
@@ -164,6 +164,7 @@ def test_manifest_keeps_patients_in_one_split_and_gives_missing_mpp(cohort):
         rows = list(csv.DictReader(f))
     truth = {t["slide_id"]: t for t in cohort.slides}
     assert [r["slide_id"] for r in rows] == list(truth)
+    assert all(tuple(t) == TRUTH_COLUMNS for t in cohort.slides)
     assert list(rows[0]) == ["slide_id", "path", "label", "patient_id", "group", "split", "mpp"]
     split_of: dict[str, set[str]] = {}
     for r in rows:

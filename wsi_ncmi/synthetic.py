@@ -81,7 +81,7 @@ def write_synthetic_slide(
     every level; ``fragments``/``tissue_scale``: see :func:`make_layout`. For
     ``format="dicom"``, ``path`` is the level-0 ``.dcm`` file; the other levels are written
     next to it as ``<stem>_level<i>.dcm`` (give each DICOM slide its own folder). Memory
-    use is a few tiles, whatever the size (DICOM: a temporary lossless copy on disk).
+    use is a few tiles, whatever the size (DICOM: a temporary uncompressed copy on disk).
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -130,8 +130,8 @@ def damage_slide(path: str | Path, kind: str, layout: SlideLayout | None = None,
 
 
 class _Renderer:
-    """Renders the tiles of one slide's levels (seeded per tile, so levels and formats of
-    the same slide agree)."""
+    """Renders the tiles of one slide's levels, each seeded by its level and position (so
+    the same arguments give the same pixels in every format)."""
 
     def __init__(self, layout: SlideLayout, mpp: float, seed: int, tile: int,
                  stain: Stain | None):

@@ -117,6 +117,8 @@ class CohortSpec:
     stain_jitter: float = 0.03
 
     def __post_init__(self) -> None:
+        if self.patients < 1 or self.slides_per_patient < 1:
+            raise ValueError("a cohort needs at least one patient and one slide per patient")
         names = [c.name for c in self.centres]
         if self.holdout is not None and self.holdout not in names:
             raise ValueError(f"holdout {self.holdout!r} is not one of the centres {names}")
@@ -207,13 +209,7 @@ def write_cohort(spec: CohortSpec, folder: str | Path, seed: int = 0,
         return Cohort(folder, folder / "manifest.csv", truth_csv, tuple(previous))
     stamp.unlink(missing_ok=True)
     for row in previous:  # another spec's slides must not linger among this one's
-        parts = Path(row["path"]).parts
-        if ".." in parts or Path(row["path"]).is_absolute() or len(parts) > 2:
-            continue  # not a path this module writes: leave it alone
-        if len(parts) == 2:
-            shutil.rmtree(folder / parts[0], ignore_errors=True)
-        else:
-            (folder / parts[0]).unlink(missing_ok=True)
+        _remove_slide(folder, row)
     plans = plan_cohort(spec, seed)
     if any(p.format == "dicom" for p in plans) and not importlib.util.find_spec("wsidicomizer"):
         raise ImportError(f"cohort {spec.name!r} has DICOM slides, which need the optional "
@@ -226,7 +222,7 @@ def write_cohort(spec: CohortSpec, folder: str | Path, seed: int = 0,
     else:
         truths = [write_planned_slide(p, folder) for p in plans]
     _write_csv(folder / "manifest.csv", [_manifest_row(spec, p) for p in plans])
-    _write_csv(truth_csv, truths)
+    _write_csv(truth_csv, truths, TRUTH_COLUMNS)
     stamp.write_text(record)
     return Cohort(folder, folder / "manifest.csv", truth_csv,
                   tuple({k: str(v) for k, v in t.items()} for t in truths))
@@ -275,10 +271,9 @@ def _plan_slide(spec: CohortSpec, rng: np.random.Generator, k: int, j: int, cent
         formats = tuple(f for f in formats if f != "dicom") or ("svs",)
     lesion_um = float(rng.uniform(*cls.draw_um)) if cls.kind is not None else None
     lo, hi = spec.width_mm
-    width_mm = max(math.exp(rng.uniform(math.log(lo), math.log(hi))),
-                   2.5 * (lesion_um or 0) / 1000)
-    if damage:  # a bad file's size does not matter: keep it cheap to write
-        width_mm = max(lo, 2.5 * (lesion_um or 0) / 1000)
+    drawn_mm = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    # a bad file's size does not matter: keep it cheap to write
+    width_mm = max(lo if damage else drawn_mm, 2.5 * (lesion_um or 0) / 1000)
     width = round(width_mm * 1000 / centre.mpp)
     record_mpp = not (centre.no_mpp_every and index % centre.no_mpp_every == 0)
     return SlidePlan(
@@ -323,6 +318,18 @@ def _manifest_row(spec: CohortSpec, plan: SlidePlan) -> dict:
             "mpp": plan.mpp if supplied else ""}
 
 
+def _remove_slide(folder: Path, row: dict) -> None:
+    """Delete a slide this module wrote (``<id>.<ext>`` or the DICOM folder ``<id>/``), and
+    nothing else whatever ``row`` says."""
+    sid, parts = row.get("slide_id", ""), Path(row.get("path", "")).parts
+    if not (sid.replace("_", "").isalnum() and parts and parts[0].startswith(sid)):
+        return
+    if parts[0] == sid and len(parts) == 2:
+        shutil.rmtree(folder / sid, ignore_errors=True)
+    elif len(parts) == 1 and parts[0] in {sid + s for s in SUFFIXES.values()}:
+        (folder / parts[0]).unlink(missing_ok=True)
+
+
 def _read_truth(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -330,8 +337,8 @@ def _read_truth(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
+def _write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] | None = None) -> None:
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer = csv.DictWriter(f, fieldnames=columns or list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
