@@ -47,6 +47,23 @@ def downsamples(truth: dict) -> list[int]:
 def test_slides_read_back_as_the_truth_says(cohort):
     """Vendor, size, level count and downsamples, tile size and µm/px (or its absence)
     of every good slide, as OpenSlide and the pipeline's µm/px reader see them."""
+    check_read_back(cohort)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["demo", "bracs_like"])
+def test_preset_cohorts_read_back(preset, tmp_path):
+    """The demo's 40 slides and a small BRACS-like cohort, written and read back."""
+    spec = demo() if preset == "demo" else bracs_like(patients=6, width_mm=(0.8, 1.6))
+    cohort = write_cohort(spec, tmp_path, seed=1)
+    check_read_back(cohort)
+    for t in cohort.slides:
+        lo, hi = next(c.draw_um for c in spec.classes if c.label == t["label"])
+        if t["lesion_kind"]:
+            assert 0.97 * lo <= float(t["lesion_diameter_um"]) <= hi * 1.03
+
+
+def check_read_back(cohort: Cohort) -> None:
     for t in good(cohort):
         slide = openslide.OpenSlide(str(cohort.folder / t["path"]))
         props = slide.properties
