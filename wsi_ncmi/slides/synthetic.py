@@ -1,100 +1,54 @@
-"""Synthetic whole-slide images for tests, the demo and benchmarks.
+"""Synthetic whole-slide images for tests, the demo and benchmarks: the slide files.
 
-A slide is a pyramidal, tiled, JPEG-compressed BigTIFF that OpenSlide reads as a generic TIFF,
-with its µm/px in the TIFF resolution tags (OpenSlide reports ``openslide.mpp-x``). It shows a
-white background and a few irregular tissue regions with holes, textured with pink stroma and
-purple nuclei. A ``lesion`` kind plants class-dependent regions over a minority of the tissue:
+Formats (``format=``), each read by OpenSlide:
 
-- ``"dense"``: crowded, large, dark nuclei (a tumour-like pattern);
-- ``"glands"``: pale regions with round white lumens rimmed by nuclei.
+- ``"tiff"``: a pyramidal, tiled, JPEG-compressed BigTIFF (OpenSlide vendor
+  ``generic-tiff``) with its µm/px in the TIFF resolution tags;
+- ``"svs"``: an Aperio SVS (vendor ``aperio``): classic TIFF whose first ImageDescription
+  starts ``Aperio Image Library`` and carries ``|MPP = …``, with a stripped thumbnail as the
+  second directory, as Aperio scanners write it;
+- ``"dicom"``: a DICOM WSI series (vendor ``dicom``), one ``.dcm`` file per level in the
+  slide's own folder, written by ``wsidicomizer`` (optional extra ``wsi-ncmi[dicom]``).
 
-Every level is rendered tile by tile from a coarse layout (smooth fields in a grid of
-``LAYOUT_CELLS`` cells across), so a 40 000 × 30 000 slide is written without holding its
-level-0 image in memory, and the layout also answers "where is the lesion" for tests.
+Each level is downsampled from level 0 by one of ``downsamples`` (any list: 2 and 4 steps,
+missing levels), tiled in ``tile`` px and JPEG-compressed at ``quality``. What the slide
+shows (tissue, lesions, stain) comes from :mod:`wsi_ncmi.slides.synthetic_tissue`; the
+layout returned answers "where is the tissue / lesion" for tests.
+
+:func:`damage_slide` turns a written slide into a bad file of one of :data:`DAMAGE_KINDS`.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-LESION_KINDS = ("dense", "glands")
-LAYOUT_CELLS = 256
-BACKGROUND = 242
-_STROMA = np.array([232, 168, 204], np.float32)
-_NUCLEUS = (110, 50, 150)
-_DARK_NUCLEUS = (70, 25, 110)
-_LUMEN = (250, 246, 250)
-# Nuclear area share per region kind, used to colour levels too coarse to draw nuclei.
-_COARSE_NUCLEAR_SHARE = {"normal": 0.10, "dense": 0.45, "glands": 0.08}
+from .synthetic_tissue import (  # noqa: F401  (re-exported: the public synthetic API)
+    LESION_KINDS,
+    SlideLayout,
+    Stain,
+    make_layout,
+    render_tile,
+)
+
+FORMATS = ("tiff", "svs", "dicom")
+SUFFIXES = {"tiff": ".tif", "svs": ".svs", "dicom": ".dcm"}
+DAMAGE_KINDS = ("truncated", "not_a_slide", "corrupt_tiles")
+# µm/px used to render slides whose µm/px is not given (and so not recorded).
+DEFAULT_RENDER_MPP = 0.25
+_APERIO = "Aperio Image Library v12.0.15"
 
 
-@dataclass(frozen=True)
-class SlideLayout:
-    """Smooth fields on a coarse grid; a pixel is tissue where ``tissue > 0.5`` and lesion
-    where additionally ``lesion > 0.5``. ``cell`` is the grid spacing in level-0 px."""
-
-    width: int
-    height: int
-    cell: float
-    tissue: np.ndarray
-    lesion: np.ndarray
-    lesion_kind: str | None
-
-    def fields_at(self, x0: float, y0: float, w: int, h: int, downsample: float):
-        """(tissue, lesion) float32 fields (h×w) for the level pixels whose top-left is at
-        level-0 (x0, y0), at ``downsample`` level-0 px per pixel."""
-        xs = ((x0 + (np.arange(w, dtype=np.float32) + 0.5) * downsample) / self.cell) - 0.5
-        ys = ((y0 + (np.arange(h, dtype=np.float32) + 0.5) * downsample) / self.cell) - 0.5
-        mx, my = np.meshgrid(xs.astype(np.float32), ys.astype(np.float32))
-        t = cv2.remap(self.tissue, mx, my, cv2.INTER_LINEAR, borderValue=0.0)
-        les = cv2.remap(self.lesion, mx, my, cv2.INTER_LINEAR, borderValue=0.0)
-        return t, les
-
-    def masks(self, downsample: float) -> tuple[np.ndarray, np.ndarray]:
-        """Boolean (tissue, lesion) masks of the whole slide at ``downsample``."""
-        w = math.ceil(self.width / downsample)
-        h = math.ceil(self.height / downsample)
-        t, les = self.fields_at(0, 0, w, h, downsample)
-        tissue = t > 0.5
-        return tissue, tissue & (les > 0.5)
-
-
-def make_layout(
-    width: int, height: int, seed: int = 0, lesion: str | None = None, lesion_share: float = 0.15
-) -> SlideLayout:
-    """Random tissue regions with holes (and lesion regions covering about ``lesion_share``
-    of the tissue) for a ``width`` × ``height`` level-0 slide."""
-    if lesion is not None and lesion not in LESION_KINDS:
-        raise ValueError(f"lesion must be one of {LESION_KINDS} or None, got {lesion!r}")
-    rng = np.random.default_rng(seed)
-    cell = width / LAYOUT_CELLS
-    gw, gh = LAYOUT_CELLS, max(8, math.ceil(height / cell))
-    yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
-
-    tissue = np.zeros((gh, gw), np.float32)
-    for _ in range(int(rng.integers(2, 5))):
-        cx, cy = rng.uniform(0.2, 0.8) * gw, rng.uniform(0.25, 0.75) * gh
-        rx, ry = rng.uniform(0.10, 0.22) * gw, rng.uniform(0.12, 0.3) * gh
-        tissue += _blob(xx, yy, cx, cy, rx, ry, rng.uniform(0, math.pi))
-    tissue += _smooth_noise(rng, gh, gw, 8) * 0.3
-    inside = np.argwhere(tissue > 1.0)
-    for _ in range(int(rng.integers(2, 6))):
-        if len(inside) == 0:
-            break
-        cy, cx = inside[rng.integers(len(inside))]
-        r = rng.uniform(0.015, 0.035) * gw
-        tissue -= 1.6 * _blob(xx, yy, cx, cy, r, r * rng.uniform(0.6, 1.4), 0.0)
-
-    lesion_field = np.zeros_like(tissue)
-    if lesion is not None:
-        lesion_field = _lesion_field(rng, tissue, xx, yy, lesion_share)
-    return SlideLayout(width, height, cell, tissue, lesion_field, lesion)
+def pyramid_levels(width: int, height: int, downsamples: Sequence[int]) -> list[int]:
+    """The downsamples a slide of ``width`` × ``height`` level-0 px gets: those whose
+    level keeps at least 64 px on its smaller side (at least level 0)."""
+    return [d for d in downsamples if min(width, height) // d >= 64] or [1]
 
 
 def write_synthetic_slide(
@@ -108,131 +62,203 @@ def write_synthetic_slide(
     tile: int = 256,
     quality: int = 85,
     lesion_share: float = 0.15,
+    *,
+    format: str = "tiff",
+    record_mpp: bool = True,
+    stain: Stain | None = None,
+    lesion_um: float | None = None,
+    fragments: int | None = None,
+    tissue_scale: float = 1.0,
 ) -> SlideLayout:
     """Write a synthetic slide to ``path`` and return its layout.
 
-    ``width``/``height`` are level-0 px; ``mpp`` is level-0 µm/px (``None`` writes no
-    resolution, i.e. a slide without µm/px); levels whose smaller side would fall below 64 px
-    are dropped. ``lesion_share``: about this share of the tissue is lesion. Memory use is a
-    few tiles, whatever the size.
+    ``width``/``height`` are level-0 px; ``mpp`` is the true level-0 µm/px (nuclei, lumens
+    and lesions are drawn to scale in µm). ``record_mpp=False`` writes no µm/px into the
+    file; ``mpp=None`` is the same at :data:`DEFAULT_RENDER_MPP`. Levels whose smaller side
+    would fall below 64 px are dropped (:func:`pyramid_levels`). ``lesion`` is a kind from
+    ``LESION_KINDS``: one lesion of largest diameter ``lesion_um`` µm if that is given,
+    else lesion regions covering about ``lesion_share`` of the tissue. ``stain`` recolours
+    every level; ``fragments``/``tissue_scale``: see :func:`make_layout`. For
+    ``format="dicom"``, ``path`` is the level-0 ``.dcm`` file; the other levels are written
+    next to it as ``<stem>_level<i>.dcm`` (give each DICOM slide its own folder). Memory
+    use is a few tiles, whatever the size (DICOM: a temporary uncompressed copy on disk).
     """
-    import tifffile
-
-    layout = make_layout(width, height, seed, lesion, lesion_share)
-    levels = [d for d in downsamples if min(width, height) // d >= 64] or [1]
-    noise = np.random.default_rng(seed + 7919).normal(0, 1, (2 * tile, 2 * tile, 3)).astype(
-        np.float32
-    )
-    with tifffile.TiffWriter(path, bigtiff=True) as tw:
-        for i, d in enumerate(levels):
-            w, h = math.ceil(width / d), math.ceil(height / d)
-            level_mpp = None if mpp is None else mpp * d
-            extra = {}
-            if mpp is not None:
-                extra = {"resolution": (1e4 / level_mpp,) * 2, "resolutionunit": "CENTIMETER"}
-            tw.write(
-                _tiles(layout, d, w, h, tile, level_mpp or 0.25 * d, seed, noise),
-                shape=(h, w, 3),
-                dtype=np.uint8,
-                tile=(tile, tile),
-                compression="jpeg",
-                compressionargs={"level": quality},
-                photometric="rgb",
-                subfiletype=1 if i else 0,
-                metadata=None,
-                **extra,
-            )
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if mpp is None:
+        mpp, record_mpp = DEFAULT_RENDER_MPP, False
+    if format == "dicom" and not record_mpp:
+        raise ValueError(f"{path}: a DICOM WSI always records its µm/px")
+    lesion_px = None if lesion_um is None else lesion_um / mpp
+    layout = make_layout(width, height, seed, lesion, lesion_share, lesion_px=lesion_px,
+                         fragments=fragments, tissue_scale=tissue_scale)
+    levels = pyramid_levels(width, height, downsamples)
+    render = _Renderer(layout, mpp, seed, tile, stain)
+    path = Path(path)
+    if format == "tiff":
+        _write_tiff(path, render, levels, quality, mpp if record_mpp else None)
+    elif format == "svs":
+        _write_svs(path, render, levels, quality, mpp if record_mpp else None)
+    else:
+        _write_dicom(path, render, levels, quality, mpp, seed)
     return layout
 
 
-def _tiles(layout, d, w, h, tile, level_mpp, seed, noise) -> Iterator[np.ndarray]:
-    for ty in range(0, h, tile):
-        for tx in range(0, w, tile):
-            rng = np.random.default_rng((seed, d, tx, ty))
-            yield _render_tile(layout, tx * d, ty * d, tile, d, level_mpp, rng, noise)
+def damage_slide(path: str | Path, kind: str, layout: SlideLayout | None = None,
+                 seed: int = 0, tiles: int = 3) -> list[tuple[int, int]]:
+    """Turn the slide file at ``path`` into a bad file of ``kind``:
 
+    - ``"truncated"``: cut to its first 40 % of bytes (an interrupted copy);
+    - ``"not_a_slide"``: replaced by a short HTML error page (a failed download);
+    - ``"corrupt_tiles"``: the first 64 bytes of ``tiles`` level-0 tissue tiles (chosen
+      with ``seed`` where ``layout`` says there is tissue) overwritten with zeros, so those
+      tiles fail to decode while the file still opens (TIFF and SVS only).
 
-def _render_tile(layout, x0, y0, size, d, level_mpp, rng, noise) -> np.ndarray:
-    t, les = layout.fields_at(x0, y0, size, size, d)
-    tissue = t > 0.5
-    ox, oy = rng.integers(0, size, 2)
-    grain = noise[oy:oy + size, ox:ox + size]
-    if not tissue.any():
-        return np.clip(BACKGROUND + 2 * grain, 0, 255).astype(np.uint8)
-    lesion = tissue & (les > 0.5)
-    img = np.empty((size, size, 3), np.float32)
-    img[:] = BACKGROUND
-    img[tissue] = _STROMA
-    if level_mpp > 2.0:
-        _coarse_texture(img, tissue, lesion, layout.lesion_kind)
+    Returns the level-0 (x, y) of the corrupted tiles (empty for the other kinds).
+    """
+    path = Path(path)
+    if kind == "truncated":
+        os.truncate(path, int(path.stat().st_size * 0.4))
+    elif kind == "not_a_slide":
+        path.write_text("<html><head><title>403 Forbidden</title></head>\n"
+                        "<body><h1>Forbidden</h1></body></html>\n")
+    elif kind == "corrupt_tiles":
+        return _corrupt_tiles(path, layout, seed, tiles)
     else:
-        _draw_nuclei(img, tissue, lesion, layout.lesion_kind, level_mpp, rng)
-    img += np.where(tissue[..., None], 8.0, 2.0) * grain
-    return np.clip(img, 0, 255).astype(np.uint8)
+        raise ValueError(f"damage kind must be one of {DAMAGE_KINDS}, got {kind!r}")
+    return []
 
 
-def _coarse_texture(img, tissue, lesion, kind) -> None:
-    nucleus = np.array(_NUCLEUS, np.float32)
-    img[tissue] = _mix(_STROMA, nucleus, _COARSE_NUCLEAR_SHARE["normal"])
-    if kind is not None and lesion.any():
-        img[lesion] = _mix(_STROMA, np.array(_DARK_NUCLEUS, np.float32),
-                           _COARSE_NUCLEAR_SHARE[kind])
-        if kind == "glands":
-            img[lesion] = _mix(img[lesion][0], np.array(_LUMEN, np.float32), 0.4)
+class _Renderer:
+    """Renders the tiles of one slide's levels, each seeded by its level and position (so
+    the same arguments give the same pixels in every format)."""
+
+    def __init__(self, layout: SlideLayout, mpp: float, seed: int, tile: int,
+                 stain: Stain | None):
+        self.layout, self.mpp, self.seed, self.tile, self.stain = layout, mpp, seed, tile, stain
+        self.noise = np.random.default_rng(seed + 7919).normal(
+            0, 1, (2 * tile, 2 * tile, 3)).astype(np.float32)
+
+    def shape(self, d: int) -> tuple[int, int, int]:
+        """(height, width, 3) of the level at downsample ``d``."""
+        return math.ceil(self.layout.height / d), math.ceil(self.layout.width / d), 3
+
+    def tiles(self, d: int) -> Iterator[np.ndarray]:
+        """The level's tiles in row-major order, each ``tile`` × ``tile`` × 3 uint8."""
+        h, w, _ = self.shape(d)
+        for ty in range(0, h, self.tile):
+            for tx in range(0, w, self.tile):
+                rng = np.random.default_rng((self.seed, d, tx, ty))
+                yield render_tile(self.layout, tx * d, ty * d, self.tile, d, self.mpp * d,
+                                  rng, self.noise, self.stain)
+
+    def image(self, d: int) -> np.ndarray:
+        """The whole level at downsample ``d`` as one array (for small thumbnails)."""
+        h, w, _ = self.shape(d)
+        out = np.empty((math.ceil(h / self.tile) * self.tile,
+                        math.ceil(w / self.tile) * self.tile, 3), np.uint8)
+        cols = out.shape[1] // self.tile
+        for i, t in enumerate(self.tiles(d)):
+            y, x = divmod(i, cols)
+            out[y * self.tile:(y + 1) * self.tile, x * self.tile:(x + 1) * self.tile] = t
+        return out[:h, :w]
 
 
-def _draw_nuclei(img, tissue, lesion, kind, level_mpp, rng) -> None:
-    """Draw nuclei (and lumens) as antialiased discs; sizes and densities in µm."""
-    size = img.shape[0]
-    area_um2 = (size * level_mpp) ** 2
-    specs = [("normal", tissue & ~lesion, 1 / 250, 3.0, _NUCLEUS)]
-    if kind == "dense":
-        specs.append(("dense", lesion, 1 / 70, 4.5, _DARK_NUCLEUS))
-    elif kind == "glands":
-        specs.append(("lumen", lesion, 1 / 900, 11.0, _LUMEN))
-        specs.append(("rim", lesion, 1 / 200, 3.0, _NUCLEUS))
-    for _, region, density, radius_um, colour in specs:
-        n = rng.poisson(area_um2 * density)
-        pts = rng.integers(0, size, (n, 2))
-        keep = region[pts[:, 1], pts[:, 0]]
-        radius = max(1, round(radius_um / level_mpp))
-        for x, y in pts[keep]:
-            r = max(1, int(radius * rng.uniform(0.7, 1.3)))
-            cv2.circle(img, (int(x), int(y)), r, colour, -1, cv2.LINE_AA)
-            if colour == _LUMEN:
-                cv2.circle(img, (int(x), int(y)), r, _NUCLEUS, max(1, r // 5), cv2.LINE_AA)
-    img[~tissue] = BACKGROUND
+def _write_tiff(path: Path, render: _Renderer, levels: list[int], quality: int,
+                mpp: float | None, compression: str | None = "jpeg") -> None:
+    import tifffile
+
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        for i, d in enumerate(levels):
+            extra = {}
+            if mpp is not None:
+                extra = {"resolution": (1e4 / (mpp * d),) * 2, "resolutionunit": "CENTIMETER"}
+            if compression == "jpeg":
+                extra["compressionargs"] = {"level": quality}
+            tw.write(render.tiles(d), shape=render.shape(d), dtype=np.uint8,
+                     tile=(render.tile, render.tile), compression=compression,
+                     photometric="rgb", subfiletype=1 if i else 0, metadata=None, **extra)
 
 
-def _lesion_field(rng, tissue, xx, yy, share) -> np.ndarray:
-    """Blobs centred in tissue, grown until they cover about ``share`` of the tissue."""
-    field = np.zeros_like(tissue)
-    inside = np.argwhere(tissue > 0.9)
-    if len(inside) == 0:
-        return field
-    tissue_area = float((tissue > 0.5).sum())
-    centres = [inside[rng.integers(len(inside))] for _ in range(int(rng.integers(2, 4)))]
-    radius = 0.01 * xx.shape[1]
-    while radius < xx.shape[1]:
-        field = sum(_blob(xx, yy, cx, cy, radius, radius * 0.8, 0.3) for cy, cx in centres)
-        covered = float(((field > 0.5) & (tissue > 0.5)).sum())
-        if covered >= share * tissue_area:
-            break
-        radius *= 1.15
-    return field.astype(np.float32)
+def _write_svs(path: Path, render: _Renderer, levels: list[int], quality: int,
+               mpp: float | None) -> None:
+    import tifffile
+
+    h0, w0, _ = render.shape(1)
+    t = render.tile
+    fields = f"|AppMag = {40 if render.mpp < 0.35 else 20}|StripeWidth = 2040|ScanScope ID = SS1"
+    if mpp is not None:
+        fields += f"|MPP = {mpp:.4f}"
+    head = f"{_APERIO}\r\n{w0}x{h0} [0,0 {w0}x{h0}] ({t}x{t})"
+    big = w0 * h0 * 3 > 2**31  # classic TIFF offsets stop at 4 GiB; JPEG keeps far below
+    thumb_d = max(1, math.ceil(max(w0, h0) / 1024))
+    with tifffile.TiffWriter(path, bigtiff=big) as tw:
+        for i, d in enumerate(levels):
+            h, w, _ = render.shape(d)
+            scaled = f" -> {w}x{h}" if i else ""
+            desc = f"{head}{scaled} JPEG/RGB Q={quality}{fields if i == 0 else ''}"
+            tw.write(render.tiles(d), shape=render.shape(d), dtype=np.uint8, tile=(t, t),
+                     compression="jpeg", compressionargs={"level": quality}, photometric="rgb",
+                     description=desc, metadata=None)
+            if i == 0:
+                thumb = render.image(thumb_d)
+                tw.write(thumb, compression="jpeg", compressionargs={"level": 90},
+                         photometric="rgb", metadata=None, rowsperstrip=16,
+                         description=f"{_APERIO}\r\n{w0}x{h0} -> "
+                                     f"{thumb.shape[1]}x{thumb.shape[0]} - {fields}")
 
 
-def _blob(xx, yy, cx, cy, rx, ry, angle) -> np.ndarray:
-    c, s = math.cos(angle), math.sin(angle)
-    u = ((xx - cx) * c + (yy - cy) * s) / rx
-    v = (-(xx - cx) * s + (yy - cy) * c) / ry
-    return np.exp(-(u * u + v * v) ** 1.5).astype(np.float32) * 1.6
+def _write_dicom(path: Path, render: _Renderer, levels: list[int], quality: int, mpp: float,
+                 seed: int) -> None:
+    """Render an uncompressed temporary TIFF, convert it with wsidicomizer through its OpenSlide
+    source (tifffile-based sources drop levels when the steps between levels differ) to
+    JPEG at ``quality`` in tiles of the renderer's size, and name the files after ``path``."""
+    try:
+        import pydicom
+        from wsidicom.codec import JpegSettings
+        from wsidicomizer import WsiDicomizer
+        from wsidicomizer.wsidicomizer import SourceIdentifier
+    except ImportError:
+        raise ImportError("format 'dicom' needs the optional dependency wsidicomizer: "
+                          "pip install 'wsi-ncmi[dicom]'") from None
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    uids = iter(range(1, 10**6))
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".dicomizing-") as tmp:
+        source = Path(tmp) / "source.tif"
+        _write_tiff(source, render, levels, quality, mpp, None)
+        files = WsiDicomizer.convert(
+            source, Path(tmp) / "out", tile_size=render.tile,
+            encoding=JpegSettings(quality=quality), preferred_source=SourceIdentifier.OPENSLIDE,
+            include_label=False, include_overview=False, include_thumbnail=False, workers=1,
+            uid_generator=lambda: pydicom.uid.generate_uid(entropy_srcs=[str(seed),
+                                                                          str(next(uids))]))
+        width = {f: pydicom.dcmread(f, stop_before_pixels=True).TotalPixelMatrixColumns
+                 for f in files}
+        for i, f in enumerate(sorted(files, key=width.get, reverse=True)):
+            shutil.move(f, path if i == 0 else path.with_name(f"{path.stem}_level{i}.dcm"))
 
 
-def _smooth_noise(rng, h, w, period) -> np.ndarray:
-    coarse = rng.normal(0, 1, (max(2, h // period), max(2, w // period))).astype(np.float32)
-    return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+def _corrupt_tiles(path: Path, layout: SlideLayout | None, seed: int,
+                   n: int) -> list[tuple[int, int]]:
+    import tifffile
 
-
-def _mix(a, b, share) -> np.ndarray:
-    return (1 - share) * np.asarray(a, np.float32) + share * np.asarray(b, np.float32)
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages[0]
+        tw, th = page.tilewidth, page.tilelength
+        if not tw:
+            raise ValueError(f"{path}: corrupt_tiles needs a tiled TIFF or SVS")
+        offsets = page.dataoffsets
+        cols = math.ceil(page.imagewidth / tw)
+    rows = len(offsets) // cols
+    candidates = np.arange(len(offsets))
+    if layout is not None:
+        tissue, _ = layout.masks(tw)
+        candidates = np.flatnonzero(tissue[:rows, :cols].ravel()) if tissue.any() else candidates
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(candidates, size=min(n, len(candidates)), replace=False))
+    with open(path, "r+b") as f:
+        for i in chosen:
+            f.seek(offsets[i])
+            f.write(bytes(64))
+    return [(int(i % cols) * tw, int(i // cols) * th) for i in chosen]
