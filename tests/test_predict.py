@@ -158,11 +158,39 @@ def test_refuses_other_encoder_weights(setup, tmp_path):
     assert not (tmp_path / "out" / "predictions.csv").exists()
 
 
-def test_refuses_when_encoder_weights_cannot_be_found(setup, tmp_path, monkeypatch):
+def run_with_weights_at(setup, tmp_path: Path, weights: Path) -> Path:
+    """A copy of the run whose features.json says the features were made from ``weights``."""
+    run = tmp_path / "run"
+    shutil.copytree(setup["run"], run)
+    record = json.loads((run / "features.json").read_text())
+    record["facts"]["weights_files"] = [str(weights)]
+    (run / "features.json").write_text(json.dumps(record))
+    return run
+
+
+def test_finds_the_weights_the_features_were_made_with(setup, tmp_path, monkeypatch):
+    """Without --weights, predict uses the weights file recorded by extract (checked by
+    sha256), never the hub."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
-    result = invoke(setup["run"], setup["new"], tmp_path / "out")
-    assert result.returncode == 2
-    assert "cannot be found" in result.output and len(result.output.strip().splitlines()) == 1
+    record = json.loads((setup["run"] / "features.json").read_text())
+    assert record["facts"]["weights_files"] == [str(setup["ckpt"].resolve())]
+    result = invoke(setup["run"], setup["new"] / "new_a.tif", tmp_path / "out")
+    assert result.returncode == 0, result.output
+    assert read_predictions(tmp_path / "out")["slide_id"].tolist() == ["new_a"]
+
+
+def test_refuses_in_one_line_naming_the_recorded_weights(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
+    gone = tmp_path / "moved" / "encoder.safetensors"
+    result = invoke(run_with_weights_at(setup, tmp_path, gone), setup["new"], tmp_path / "out")
+    assert result.returncode == 2 and len(result.output.strip().splitlines()) == 1
+    assert str(gone) in result.output and "no longer there" in result.output
+    assert "local_files_only" not in result.output
+    changed = tmp_path / "changed.safetensors"
+    save_seeded_checkpoint("test_resnet", changed, seed=4)
+    result = invoke(run_with_weights_at(setup, tmp_path / "b", changed), setup["new"],
+                    tmp_path / "out")
+    assert result.returncode == 2 and "have changed since" in result.output
 
 
 def test_choose_folds(tmp_path):
@@ -194,8 +222,10 @@ def test_feature_settings_must_agree_across_slides(tmp_path):
 
     infos = {s: bag(s, m, "aaa", r)
              for s, m, r in (("a", 0.5, "none"), ("b", 0.51, "cv2.INTER_AREA"))}
-    settings = feature_settings(infos)
-    assert settings["input_mpp_range"] == [0.5, 0.51] and settings["weights_sha256"] == "aaa"
+    record = feature_settings(infos)
+    settings, facts = record["settings"], record["facts"]
+    assert facts["input_mpp"]["min"] == 0.5 and facts["input_mpp"]["max"] == 0.51
+    assert settings["weights_sha256"] == "aaa" and facts["resized_slides"] == 1
     assert settings["preprocessing"] == {"input_size": 224}
     infos["c"] = bag("c", 0.5, "bbb", "none")
     infos["d"] = bag("d", 0.6, "aaa", "none")
@@ -206,4 +236,4 @@ def test_feature_settings_must_agree_across_slides(tmp_path):
     assert "(d)" in message and "\n" not in message
     # tiles from CLAM: no tiling settings, µm/px unknown (extract writes -1)
     foreign = {s: bag(s, -1.0, "aaa", "none", "{}") for s in ("e", "f")}
-    assert feature_settings(foreign)["input_mpp"] is None
+    assert feature_settings(foreign)["facts"]["input_mpp"] is None

@@ -6,24 +6,36 @@ Datasets:
 - ``features`` (N×D, float32, or float16 with ``--fp16-storage``): one row per tile.
 - ``coords`` (N×2 int64): level-0 (x, y) of each row's tile, same order as ``features``.
 
-Root attributes:
+Root attributes that are *settings* — what makes features of two slides comparable, so they
+must agree across a cohort (``train`` refuses a cohort where they do not, and ``predict``
+repeats them on new slides):
 
-- ``encoder`` (name), ``weights_sha256``, ``weights_source`` (``file`` | ``hub`` |
-  ``random``), ``random_weights`` (bool — True means the features are NOT from a trained
-  encoder), ``feature_dim``, ``dtype``, ``precision`` (compute: ``fp32`` | ``bf16`` | ``fp16``).
-- ``preprocessing``: JSON of the input side (px), normalisation mean/std, interpolation.
-- ``input_mpp`` (µm/px of the tiles), ``tile_size`` (px), ``patch_level``, ``patch_size``,
-  ``patch_size_level0``, ``tile_format`` (``wsi-ncmi`` | ``clam`` | ``trident``).
-- ``tiling``: JSON of the tile file's settings (``target_mpp``, ``tile_size``, ``overlap``,
-  ``min_tissue``, ``seg_mpp``, ``level_tolerance``; those it has), so a model trained on these
-  features can tile new slides the same way.
-- ``n_tiles_listed``, ``n_bad_tiles`` (tiles that failed to decode and were left out).
+- ``encoder`` (name), ``weights_sha256``, ``random_weights`` (bool — True means the features
+  are NOT from a trained encoder), ``tile_size`` (px), ``preprocessing`` (JSON: the encoder's
+  input side in px and the normalisation mean/std), ``tiling`` (JSON of the tile file's
+  settings: ``target_mpp``, ``tile_size``, ``overlap``, ``min_tissue``, ``seg_mpp``,
+  ``level_tolerance``; those it has).
+
+Root attributes that are *facts* of this slide (they differ between slides of one cohort):
+
+- ``input_mpp`` (µm/px the tiles were cut at; within ``level_tolerance`` of the target, −1
+  when unknown, e.g. CLAM/TRIDENT tiles), ``patch_level``, ``patch_size``,
+  ``patch_size_level0``, ``resize`` (``none`` when the level read had the target µm/px, else
+  ``cv2.INTER_AREA``: tiles were read larger and downsampled), ``tile_format`` (``wsi-ncmi`` |
+  ``clam`` | ``trident``), ``weights_source`` (``file`` | ``hub`` | ``random``),
+  ``weights_file`` (the weights file's absolute path, "" for random weights), and copied
+  from our tile files: ``slide_width``, ``slide_height`` (level-0 px), ``slide_mpp_x``,
+  ``slide_mpp_y``, ``level_mpp``, ``achieved_seg_mpp`` (µm/px).
+- ``feature_dim``, ``dtype``, ``precision`` (compute: ``fp32`` | ``bf16`` | ``fp16``),
+  ``n_tiles_listed``, ``n_bad_tiles`` (tiles that failed to decode and were left out).
 - ``tiles_key``: settings digest of the tile file used; ``extract_key``: digest of the
   extraction settings; both decide whether a rerun may reuse the file.
 - ``schema_version``, ``wsi_ncmi_version``, ``slide_id``.
 
-TRIDENT and CLAM feature files (``features`` + ``coords`` datasets in HDF5) are read the same
-way; only the two datasets are required.
+Schema 1 files kept ``resize`` inside ``preprocessing`` and the *achieved* overview µm/px
+under ``tiling.seg_mpp``; both are read as facts. TRIDENT and CLAM feature files
+(``features`` + ``coords`` datasets in HDF5) are read the same way; only the two datasets are
+required.
 """
 
 from __future__ import annotations
@@ -37,11 +49,15 @@ import numpy as np
 from ..errors import InputError
 from .ids import id_path
 
-SCHEMA_VERSION = 1
-#: root attributes that say how features were made; :func:`feature_settings` requires them
-#: to agree across a cohort
-FEATURE_SETTING_KEYS = ("encoder", "weights_sha256", "random_weights", "input_mpp", "tile_size",
-                        "preprocessing", "tiling")
+SCHEMA_VERSION = 2
+#: root attributes that say how features were made (settings, see the module docstring)
+SETTING_KEYS = ("encoder", "weights_sha256", "random_weights", "tile_size", "preprocessing",
+                "tiling")
+#: tile-file attributes copied into a feature file as facts of its slide
+TILE_FACT_KEYS = ("slide_width", "slide_height", "slide_mpp_x", "slide_mpp_y", "level_mpp",
+                  "achieved_seg_mpp")
+_READ_KEYS = (*SETTING_KEYS, "input_mpp", "patch_level", "resize", "weights_file",
+              "slide_width", "slide_height", "schema_version")
 
 
 def features_dir(workspace: Path, encoder: str) -> Path:
@@ -130,13 +146,14 @@ def is_complete(path: Path, tiles_key: str, extract_key: str) -> bool:
 
 
 def read_setting_attrs(path: Path) -> dict:
-    """The :data:`FEATURE_SETTING_KEYS` root attributes of one feature file as plain values
-    (JSON attributes parsed; ``preprocessing`` without ``resize``; None when absent, and
-    ``input_mpp`` None when not positive — extract's mark for tiles of unknown µm/px)."""
+    """Settings and the facts :func:`feature_settings` summarises, of one feature file, as
+    plain values (JSON attributes parsed; None when absent; ``input_mpp`` None when not
+    positive; a schema 1 file's ``resize`` moved out of ``preprocessing`` and its achieved
+    ``tiling.seg_mpp`` dropped)."""
     import h5py
 
     with h5py.File(path, "r") as f:
-        raw = {k: f.attrs.get(k) for k in FEATURE_SETTING_KEYS}
+        raw = {k: f.attrs.get(k) for k in _READ_KEYS}
     out = {}
     for key, value in raw.items():
         if isinstance(value, bytes):
@@ -146,24 +163,31 @@ def read_setting_attrs(path: Path) -> dict:
         if key in ("preprocessing", "tiling") and isinstance(value, str):
             value = json.loads(value)
         out[key] = value
-    if isinstance(out["preprocessing"], dict):
-        out["preprocessing"].pop("resize", None)
+    if isinstance(out["preprocessing"], dict) and "resize" in out["preprocessing"]:
+        out["resize"] = out["preprocessing"].pop("resize")
+    if out["schema_version"] == 1 and isinstance(out["tiling"], dict):
+        out["tiling"].pop("seg_mpp", None)
     if out["input_mpp"] is not None and out["input_mpp"] <= 0:
         out["input_mpp"] = None
     return out
 
 
 def feature_settings(paths: dict[str, Path]) -> dict:
-    """How a cohort's feature files were made (``RUN/features.json``, what ``predict``
-    reproduces), from ``paths`` (slide id → feature file): their root attributes
-    :data:`FEATURE_SETTING_KEYS` (null where a file has none, e.g. CLAM's), which must agree
-    across slides — except ``input_mpp``, which varies with each slide's scanner within the
-    tiling's level tolerance (recorded as the median and ``input_mpp_range``), and the
-    ``resize`` entry of ``preprocessing``, which depends on whether a slide had a pyramid level
-    at the target µm/px. :class:`InputError` lists the slides of every disagreeing setting."""
+    """How a cohort's feature files were made, for ``RUN/features.json`` (what ``predict``
+    reproduces), from ``paths`` (slide id → feature file).
+
+    Returns ``{"schema_version", "settings", "facts"}``: ``settings`` are the files'
+    :data:`SETTING_KEYS` (null where a file has none, e.g. CLAM's), which must agree across
+    slides — :class:`InputError` lists the slides of every disagreeing setting, and of every
+    slide whose tiles' µm/px lies outside the tiling's level tolerance of its target.
+    ``facts`` summarise what each slide achieved: ``n_slides``; ``input_mpp`` (median, min,
+    max µm/px; null when unknown); ``levels_read`` (pyramid level → slide count);
+    ``resized_slides`` (slides whose tiles were read larger and downsampled);
+    ``slide_width``/``slide_height`` (min, max level-0 px); ``weights_files`` (the distinct
+    weights files the encoder read)."""
     per_slide = {sid: read_setting_attrs(path) for sid, path in paths.items()}
     problems = []
-    for key in (k for k in FEATURE_SETTING_KEYS if k != "input_mpp"):
+    for key in SETTING_KEYS:
         groups: dict[str, list[str]] = {}
         for sid, attrs in per_slide.items():
             groups.setdefault(json.dumps(attrs[key], sort_keys=True), []).append(sid)
@@ -185,9 +209,31 @@ def feature_settings(paths: dict[str, Path]) -> dict:
                             f"{target:g} µm/px ({', '.join(off[:5])})")
     if problems:
         raise InputError(f"feature files disagree on how they were made: {' | '.join(problems)}")
-    return {**first, "input_mpp": float(np.median(known)) if known else None,
-            "input_mpp_range": [min(known), max(known)] if known else None,
-            "n_slides": len(per_slide)}
+    return {"schema_version": SCHEMA_VERSION,
+            "settings": {k: first[k] for k in SETTING_KEYS},
+            "facts": _facts(per_slide.values(), known)}
+
+
+def _facts(per_slide, known_mpps: list[float]) -> dict:
+    per_slide = list(per_slide)
+    levels: dict[str, int] = {}
+    for a in per_slide:
+        if a["patch_level"] is not None:
+            levels[str(a["patch_level"])] = levels.get(str(a["patch_level"]), 0) + 1
+
+    def span(key: str) -> list | None:
+        values = [a[key] for a in per_slide if a[key] is not None]
+        return [min(values), max(values)] if values else None
+
+    return {
+        "n_slides": len(per_slide),
+        "input_mpp": ({"median": float(np.median(known_mpps)), "min": min(known_mpps),
+                       "max": max(known_mpps)} if known_mpps else None),
+        "levels_read": dict(sorted(levels.items())),
+        "resized_slides": sum(a["resize"] not in (None, "none") for a in per_slide),
+        "slide_width": span("slide_width"), "slide_height": span("slide_height"),
+        "weights_files": sorted({a["weights_file"] for a in per_slide if a["weights_file"]}),
+    }
 
 
 def read_encoder_name(path: Path) -> str | None:

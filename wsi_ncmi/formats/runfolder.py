@@ -126,17 +126,28 @@ def recorded_path(cfg: dict, key: str, given: Path | None, run_dir: Path) -> Pat
     return Path(given if given is not None else recorded)
 
 
-def read_feature_settings(run_dir: Path) -> dict:
-    """``RUN/features.json``: how the run's training features were made; :class:`InputError`
-    when it is missing or lacks a setting predict must reproduce."""
+def read_feature_record(run_dir: Path) -> dict:
+    """``RUN/features.json`` as ``{"settings", "facts"}`` (a run from before the split into
+    settings and facts has its flat record read as settings, with no facts);
+    :class:`InputError` when it is missing or unreadable."""
     path = Path(run_dir) / FEATURES
     if not path.is_file():
         raise InputError(f"{path}: not found; the run predates recorded feature settings — "
                          "retrain it to use predict")
     try:
-        settings = json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except ValueError:
         raise InputError(f"{path}: not valid JSON") from None
+    if "settings" not in record:
+        return {"settings": record, "facts": {}}
+    return record
+
+
+def read_feature_settings(run_dir: Path) -> dict:
+    """The settings of ``RUN/features.json`` (how the run's training features were made);
+    :class:`InputError` when a setting predict must reproduce is missing."""
+    path = Path(run_dir) / FEATURES
+    settings = read_feature_record(run_dir)["settings"]
     tiling = settings.get("tiling") or {}
     missing = [k for k in ("encoder", "weights_sha256", "preprocessing")
                if not settings.get(k)]

@@ -14,8 +14,10 @@ Attributes, on ``coords`` (where CLAM and TRIDENT put theirs):
 - ``target_mpp``, ``effective_mpp``, ``level_mpp`` (float, µm/px): asked for, obtained, and
   of the level read. ``slide_mpp_x``, ``slide_mpp_y`` (float): level-0 µm/px used;
   ``mpp_source``: ``metadata`` | ``manifest`` | ``fallback``.
-- ``overlap`` (int, px at ``effective_mpp``), ``min_tissue`` (float), ``seg_mpp`` (float),
-  ``level_tolerance`` (float, relative).
+- ``overlap`` (int, px at ``effective_mpp``), ``min_tissue`` (float), ``seg_mpp`` (float,
+  µm/px of the segmentation overview asked for), ``level_tolerance`` (float, relative).
+- ``achieved_seg_mpp`` (float, µm/px): the overview resolution this slide's pyramid gave
+  (close to ``seg_mpp``, depends on the slide's size and levels).
 - ``slide_width``, ``slide_height`` (int, level-0 px), ``slide_file`` (file name only — a
   folder path can carry a label), ``slide_id``, ``n_tiles``, ``tissue_area_mm2``.
 - ``schema_version`` (int), ``wsi_ncmi_version`` (str), ``settings_key`` (str): a digest of
@@ -39,9 +41,11 @@ from .. import __version__
 from ..atomic import atomic_path
 from ..errors import InputError
 
-SCHEMA_VERSION = 1
-#: the tile file's settings a feature file copies (its ``tiling`` attribute) so that new
-#: slides can be tiled the same way
+SCHEMA_VERSION = 2
+#: the tile file's *settings*: what must agree across a cohort, what a feature file copies
+#: (its ``tiling`` attribute) so that new slides can be tiled the same way. Every other
+#: attribute is a *fact* of one slide (level read, achieved µm/px, slide size…). Schema 1 files
+#: stored the achieved overview µm/px under ``seg_mpp``.
 TILING_KEYS = ("target_mpp", "tile_size", "overlap", "min_tissue", "seg_mpp", "level_tolerance")
 
 
@@ -111,8 +115,8 @@ def read_tile_file(path: str | Path) -> TileGrid:
 
 
 def is_complete(path: Path, key: str) -> bool:
-    """True when ``path`` is a readable tile file of ours made with settings ``key`` and
-    holding as many tiles as it says (checked, not merely present)."""
+    """True when ``path`` is a readable tile file of ours, of this schema, made with settings
+    ``key`` and holding as many tiles as it says (checked, not merely present)."""
     if not path.is_file():
         return False
     try:
@@ -122,6 +126,7 @@ def is_complete(path: Path, key: str) -> bool:
     a = grid.attrs
     return (
         grid.source_format == "wsi-ncmi"
+        and a.get("schema_version") == SCHEMA_VERSION
         and a.get("settings_key") == key
         and int(a.get("n_tiles", -1)) == len(grid.coords)
         and grid.tissue_fraction is not None

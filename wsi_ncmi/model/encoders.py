@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -66,13 +67,15 @@ REGISTRY: dict[str, EncoderSpec] = {
 @dataclass
 class Encoder:
     """A built encoder in eval mode. ``dim``: output feature size. ``weights_source``:
-    ``file`` | ``hub`` | ``random``."""
+    ``file`` | ``hub`` | ``random``; ``weights_path``: the file the weights were read from
+    (``--weights`` or the hub cache's file; None for random weights)."""
 
     model: object
     spec: EncoderSpec
     dim: int
     weights_sha256: str
     weights_source: str
+    weights_path: Path | None = None
 
 
 def get_spec(name: str) -> EncoderSpec:
@@ -114,13 +117,13 @@ def load_encoder(
     if random_weights:
         torch.manual_seed(seed)
         model = _create(spec)
-        return _finish(model, spec, _state_sha256(model.state_dict()), "random")
+        return _finish(model, spec, _state_sha256(model.state_dict()), "random", None)
     source = "file"
     if weights is None:
         weights, source = _hub_weights(spec, download), "hub"
     model = _create(spec)
     _load_state(model, spec, weights)
-    return _finish(model, spec, file_sha256(weights), source)
+    return _finish(model, spec, file_sha256(weights), source, Path(weights).resolve())
 
 
 def save_seeded_checkpoint(name: str, path: Path, seed: int = 0) -> str:
@@ -162,11 +165,11 @@ def _hub_weights(spec: EncoderSpec, download: bool) -> Path:
             return Path(hf_hub_download(spec.hub_id, filename, local_files_only=not download))
         except Exception as exc:  # not cached / not on the hub: try the next file name
             last = exc
-    where = "the hub" if download else "the local Hugging Face cache (HF_HOME)"
-    raise EncoderError(
-        f"weights of {spec.name!r} ({spec.hub_id}) not found in {where}: {_one_line(last)}; "
-        "pass --weights FILE" + ("" if download else ", or --download to fetch them")
-    )
+    if download:
+        raise EncoderError(f"weights of {spec.name!r} ({spec.hub_id}) could not be fetched "
+                           f"from the hub: {_one_line(last)}; pass --weights FILE")
+    raise EncoderError(f"weights of {spec.name!r} ({spec.hub_id}) are not in the local Hugging "
+                       "Face cache (HF_HOME); pass --weights FILE, or --download to fetch them")
 
 
 def _load_state(model, spec: EncoderSpec, path: Path) -> None:
@@ -200,7 +203,7 @@ def _load_state(model, spec: EncoderSpec, path: Path) -> None:
             from None
 
 
-def _finish(model, spec: EncoderSpec, sha: str, source: str) -> Encoder:
+def _finish(model, spec: EncoderSpec, sha: str, source: str, path: Path | None) -> Encoder:
     import torch
 
     model.eval().requires_grad_(False)
@@ -211,7 +214,7 @@ def _finish(model, spec: EncoderSpec, sha: str, source: str) -> Encoder:
     if spec.name.startswith("hf-hub:") and cfg.get("mean"):
         size = cfg.get("input_size", (3, None, None))[-1] if cfg.get("fixed_input_size") else None
         spec = replace(spec, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), input_size=size)
-    return Encoder(model, spec, dim, sha, source)
+    return Encoder(model, spec, dim, sha, source, path)
 
 
 def _state_sha256(state) -> str:
@@ -226,14 +229,20 @@ def _one_line(exc) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def load_recorded_encoder(settings: dict, weights: Path | None, download: bool = False
-                          ) -> Encoder:
-    """The encoder a run's features were made with (``settings``: ``RUN/features.json``),
-    with those very weights; refuses (:class:`EncoderError`, one line) on another sha256,
-    missing weights or other preprocessing. ``weights``: a file to check and use; else the
-    local Hugging Face cache, or — for features of explicitly random weights — the same
-    seeded random weights."""
+def load_recorded_encoder(settings: dict, weights: Path | None, download: bool = False,
+                          recorded_files: Sequence[str] = ()) -> Encoder:
+    """The encoder a run's features were made with (``settings``: the settings of
+    ``RUN/features.json``), with those very weights; refuses (:class:`EncoderError`, one line)
+    on another sha256, missing weights or other preprocessing.
+
+    Weights, in order: ``weights`` (a file to check and use); the same seeded random weights
+    for features of explicitly random weights; the weights files the features were made from
+    (``recorded_files``, from the record's facts) when one is still there with that sha256;
+    else the local Hugging Face cache (the network only with ``download``)."""
     name, want = settings["encoder"], settings["weights_sha256"]
+    recorded = [Path(p) for p in recorded_files]
+    if weights is None and not settings.get("random_weights") and recorded:
+        weights = _recorded_weights(recorded, name, want)
     if weights is not None:
         if not Path(weights).is_file():
             raise EncoderError(f"{weights}: weights file not found")
@@ -257,6 +266,22 @@ def load_recorded_encoder(settings: dict, weights: Path | None, download: bool =
                                f"(sha256 {want[:16]}…); pass the right --weights FILE")
     _check_preprocessing(encoder, settings)
     return encoder
+
+
+def _recorded_weights(files: list[Path], name: str, want: str) -> Path:
+    """The first of the recorded weights ``files`` whose sha256 is ``want``; a one-line
+    :class:`EncoderError` naming them when none is (gone, or changed since)."""
+    present = [p for p in files if p.is_file()]
+    for path in present:
+        if file_sha256(path) == want:
+            return path
+    shown = ", ".join(map(str, files))
+    if present:
+        raise EncoderError(f"{shown}: the encoder weights the model was trained with ({name}, "
+                           f"sha256 {want[:16]}…) have changed since; pass --weights FILE with "
+                           "the original file")
+    raise EncoderError(f"{shown}: the encoder weights the model was trained with ({name}, "
+                       f"sha256 {want[:16]}…) are no longer there; pass --weights FILE")
 
 
 def _check_preprocessing(encoder: Encoder, settings: dict) -> None:

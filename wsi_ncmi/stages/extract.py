@@ -22,7 +22,7 @@ import torch
 from .. import __version__
 from ..atomic import atomic_path, remove_stale_temps
 from ..errors import InputError
-from ..formats.featurefile import SCHEMA_VERSION, features_path, is_complete
+from ..formats.featurefile import SCHEMA_VERSION, TILE_FACT_KEYS, features_path, is_complete
 from ..formats.ids import id_path
 from ..formats.tilefile import TILING_KEYS, read_tile_file, settings_key
 from ..model.device import select_device, select_precision
@@ -269,11 +269,14 @@ def _one_thread(_worker_id: int) -> None:
 def _write_attrs(tmp, grid, encoder, config, precision, side, n, n_bad, key) -> None:
     import h5py
 
-    pre = {"input_size": side, "mean": list(encoder.spec.mean), "std": list(encoder.spec.std),
-           "resize": "cv2.INTER_AREA" if side != grid.read_size else "none"}
+    pre = {"input_size": side, "mean": list(encoder.spec.mean), "std": list(encoder.spec.std)}
+    facts = {k: grid.attrs[k] for k in TILE_FACT_KEYS if k in grid.attrs}
     attrs = {
+        **facts,
         "encoder": encoder.spec.name, "weights_sha256": encoder.weights_sha256,
         "weights_source": encoder.weights_source,
+        "weights_file": str(encoder.weights_path or ""),
+        "resize": "cv2.INTER_AREA" if side != grid.read_size else "none",
         "random_weights": encoder.weights_source == "random", "feature_dim": encoder.dim,
         "dtype": "float16" if config.fp16_storage else "float32", "precision": precision,
         "preprocessing": json.dumps(pre), "input_mpp": float(grid.effective_mpp or -1),

@@ -34,7 +34,12 @@ from ..checksums import file_sha256
 from ..errors import InputError
 from ..formats.featurefile import features_path, is_complete
 from ..formats.ids import id_path
-from ..formats.runfolder import FEATURES, model_files, read_feature_settings
+from ..formats.runfolder import (
+    FEATURES,
+    model_files,
+    read_feature_record,
+    read_feature_settings,
+)
 from ..formats.tilefile import read_tile_file, settings_key
 from ..model.heads import PROBE_SEED
 from ..slides.tissue import TissueSettings
@@ -114,9 +119,10 @@ def predict_slides(jobs: list[SlideJob], out_dir: Path, config: PredictConfig,
         raise InputError(f"--review-threshold {config.review_threshold}: must be in [0, 1]")
     mine = shard_jobs(jobs, shard)
     settings = read_feature_settings(config.run)
+    recorded = read_feature_record(config.run)["facts"].get("weights_files", [])
     device = select_device(config.device)
     predictor = load_predictor(config.run, config.folds, config.head, str(device))
-    encoder = load_recorded_encoder(settings, config.weights, config.download)
+    encoder = load_recorded_encoder(settings, config.weights, config.download, recorded)
     if encoder.weights_source == "random":
         log.warning("the model was trained on features of random encoder weights (test/demo)")
     encoder.model.to(device, memory_format=torch.channels_last)
@@ -137,7 +143,7 @@ def predict_slides(jobs: list[SlideJob], out_dir: Path, config: PredictConfig,
     finished = [j for j in mine if j.slide_id in summary.complete]
     outputs = [csv_path] + [p for j in finished for p in step.outputs(j.slide_id)]
     inputs = [j.path for j in finished] + files + [Path(config.run) / FEATURES]
-    inputs += [config.weights] if config.weights else []
+    inputs += [encoder.weights_path] if encoder.weights_path else []
     tag = record_tag(jobs, shard)
     record = write_record(out_dir / "provenance", command="predict",
                           config={**asdict(config), "shard": shard, "feature_settings": settings,
