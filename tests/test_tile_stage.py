@@ -148,11 +148,14 @@ def test_bad_inputs_are_reported_and_the_batch_goes_on(slide_dir, tmp_path):
     assert "not a slide" in ledger["notes"]["reason"]
     assert "no µm/px" in ledger["nompp"]["reason"]
     assert "duplicate slide id" in ledger["good"]["reason"]
-    assert "not safe as a file name" in ledger["bad id"]["reason"]
+    assert "bad id" not in ledger  # an unsafe id never becomes a file name…
+    assert "FAILED 'bad id':" in proc.stderr and "not safe as a file name" in proc.stderr
     assert ledger["blank"]["status"] == "done" and ledger["blank"]["n_tiles"] == 0
     assert "no tissue" in ledger["blank"]["reason"]
     assert all("\n" not in r.get("reason", "") for r in ledger.values())
-    assert "2 done" not in proc.stderr and "5 failed" in proc.stderr
+    # …and both inputs claiming the id "good" are counted as failed
+    assert proc.stderr.count("FAILED 'good':") == 2
+    assert "2 done" not in proc.stderr and "6 failed" in proc.stderr
     assert not (ws / "tiles" / "truncated.h5").exists()
     # The missing µm/px is recovered with an explicit fallback; other slides are reused.
     proc = run_cli("tile", bad / "nompp.tif", "--out", ws, "--fallback-mpp", "0.25")

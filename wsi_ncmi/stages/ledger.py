@@ -6,6 +6,8 @@ so it survives a kill and shards writing the same workspace never collide;
 Record fields: ``slide_id``, ``stage``, ``status`` (``running`` | ``done`` | ``failed``),
 ``reason``, ``source`` (slide file name), ``started``/``finished`` (UTC ISO 8601),
 ``seconds``, ``outputs`` (paths relative to the workspace), plus stage counts (``n_tiles``…).
+A record's file name is the slide id (:func:`~wsi_ncmi.formats.ids.id_path`): a slide whose id
+is unsafe as a file name has none.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 from pathlib import Path
 
 from ..atomic import atomic_path, write_json
+from ..formats.ids import id_path
 
 
 class Ledger:
@@ -26,7 +29,8 @@ class Ledger:
         self.folder = self.workspace / "ledger" / stage
 
     def path(self, slide_id: str) -> Path:
-        return self.folder / f"{slide_id}.json"
+        """The record's file; :class:`~wsi_ncmi.errors.InputError` for an unsafe id."""
+        return id_path(self.folder, slide_id, ".json")
 
     def get(self, slide_id: str) -> dict | None:
         try:

@@ -1,7 +1,9 @@
 """Running a per-slide stage over its jobs: each slide's outcome in the ledger, a summary.
 
 Shared by every per-slide stage (tile, extract, predict). A bad slide never stops the run:
-its one-line reason goes to the ledger and the run goes on.
+its one-line reason goes to the ledger and the run goes on. Every input is counted: two files
+that claim one id both fail, and a slide whose id is unsafe as a file name fails without a
+ledger record (it cannot have a file name) but is listed in the summary.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from ..errors import InputError
+from ..formats.ids import id_problem
 from .jobs import SlideJob
 from .ledger import Ledger
 
@@ -22,18 +26,32 @@ log = logging.getLogger("wsi_ncmi")
 
 
 @dataclass
+class Failure:
+    """One input that failed: its slide id, its file and the one-line reason."""
+
+    slide_id: str
+    path: Path
+    reason: str
+
+
+@dataclass
 class RunSummary:
     """What one run of a per-slide stage did: slide ids ``done`` now, ``skipped`` (found
-    complete) and ``failed`` (id → one-line reason)."""
+    complete) and ``failures`` (one per failed input)."""
 
     stage: str
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failures
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Failed slide id → reason (an id claimed by several inputs appears once)."""
+        return {f.slide_id: f.reason for f in self.failures}
 
     @property
     def complete(self) -> set[str]:
@@ -41,10 +59,10 @@ class RunSummary:
         return set(self.done) | set(self.skipped)
 
     def text(self) -> str:
-        n = len(self.done) + len(self.skipped) + len(self.failed)
+        n = len(self.done) + len(self.skipped) + len(self.failures)
         lines = [f"{self.stage}: {n} slide(s): {len(self.done)} done, "
-                 f"{len(self.skipped)} already complete, {len(self.failed)} failed"]
-        lines += [f"  FAILED {sid}: {why}" for sid, why in self.failed.items()]
+                 f"{len(self.skipped)} already complete, {len(self.failures)} failed"]
+        lines += [f"  FAILED {f.slide_id!r}: {f.reason}" for f in self.failures]
         return "\n".join(lines)
 
 
@@ -71,9 +89,10 @@ def run_jobs(
 
 def _run_one(job: SlideJob, ledger: Ledger, process, is_done, summary: RunSummary) -> str:
     if job.problem:
-        ledger.write(job.slide_id, {"status": "failed", "reason": job.problem,
-                                    "source": job.path.name, "finished": _now()})
-        summary.failed[job.slide_id] = job.problem
+        if id_problem(job.slide_id) is None:
+            ledger.write(job.slide_id, {"status": "failed", "reason": job.problem,
+                                        "source": job.path.name, "finished": _now()})
+        summary.failures.append(Failure(job.slide_id, job.path, job.problem))
         return "failed"
     if is_done(job):
         previous = ledger.get(job.slide_id)
@@ -100,7 +119,7 @@ def _run_one(job: SlideJob, ledger: Ledger, process, is_done, summary: RunSummar
         return "done"
     ledger.write(job.slide_id, {**base, "status": "failed", "reason": reason, "finished": _now(),
                                 "seconds": round(time.perf_counter() - t0, 3)})
-    summary.failed[job.slide_id] = reason
+    summary.failures.append(Failure(job.slide_id, job.path, reason))
     return "failed"
 
 
