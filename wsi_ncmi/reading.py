@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, SlideError
 from .slide import open_slide, rgba_to_rgb
 from .tilefile import TileGrid
 
@@ -69,6 +69,8 @@ def region_runs(coords: np.ndarray, downsample: float, read_size: int, max_tiles
 class TileReader:
     """Reads tiles of one slide. Open lazily, so each worker process gets its own handle."""
 
+    name = "openslide"
+
     def __init__(self, slide_path: Path, spec: ReadSpec):
         self.path = Path(slide_path)
         self.spec = spec
@@ -80,7 +82,7 @@ class TileReader:
         width = round((coords[-1, 0] - coords[0, 0]) / s.downsample) + s.read_size
         try:
             region = self._read((int(coords[0, 0]), int(coords[0, 1])), (width, s.read_size))
-        except _ReadFailed:
+        except ReadFailed:
             return self._read_one_by_one(coords)
         tiles = np.empty((len(coords), s.out_size, s.out_size, 3), np.uint8)
         for k, x in enumerate(coords[:, 0]):
@@ -106,7 +108,7 @@ class TileReader:
                     tiles[k] = self.read_tile(x, y)
                     ok[k] = True
                     break
-                except _ReadFailed:
+                except ReadFailed:
                     continue
         return tiles, ok
 
@@ -119,7 +121,7 @@ class TileReader:
             return rgba_to_rgb(np.asarray(self._slide.read_region(location, self.spec.level, size)))
         except openslide.OpenSlideError:
             self.close()  # the handle is unusable after an error: reopen on the next read
-            raise _ReadFailed from None
+            raise ReadFailed from None
 
     def _fit(self, tile: np.ndarray) -> np.ndarray:
         n = self.spec.out_size
@@ -128,5 +130,26 @@ class TileReader:
         return cv2.resize(tile, (n, n), interpolation=cv2.INTER_AREA)
 
 
-class _ReadFailed(Exception):
-    pass
+READERS = ("auto", "direct", "openslide")
+
+
+def open_reader(slide_path: Path, spec: ReadSpec, reader: str = "auto") -> TileReader:
+    """The tile reader for a slide: ``direct`` (:mod:`wsi_ncmi.slides.jpegtiff`, the same
+    pixels at libjpeg-turbo speed, for JPEG-tiled generic TIFF and Aperio SVS), ``openslide``,
+    or ``auto`` (direct where it can read the slide, else OpenSlide). Its ``name`` says which."""
+    if reader not in READERS:
+        raise InputError(f"--reader {reader!r}: expected one of {', '.join(READERS)}")
+    if reader == "openslide":
+        return TileReader(slide_path, spec)
+    from .slides.jpegtiff import DirectTileReader, inspect_slide
+
+    layout = inspect_slide(slide_path)
+    if not isinstance(layout, str):
+        return DirectTileReader(layout, spec)
+    if reader == "direct":
+        raise SlideError(f"{slide_path}: the direct reader cannot read it: {layout}")
+    return TileReader(slide_path, spec)
+
+
+class ReadFailed(Exception):
+    """A region read failed to decode; the reader's handle was closed for a fresh retry."""

@@ -1,0 +1,1 @@
+"""Slide access, pyramid levels, tissue, tile grid, tile readers, previews, synthetic slides and cohorts."""
