@@ -315,9 +315,21 @@ class DirectTileReader(TileReader):
         self.layout = layout
         self.cache_bytes = cache_bytes
 
-    def _read(self, location, size) -> np.ndarray:
+    def read_run_compressed(self, coords: np.ndarray):
+        """The run as compressed native tiles for a batched device decode
+        (:func:`wsi_ncmi.slides.gpudecode.plan_run`), or None where only a CPU read gives
+        OpenSlide's pixels. Raises :class:`TileDecodeError` on a damaged tile."""
+        from .gpudecode import plan_run
+
+        return plan_run(self._open(), self.spec, coords)
+
+    def _open(self) -> JpegTiffSlide:
         if self._slide is None:
             self._slide = JpegTiffSlide(self.layout, self.cache_bytes)
+        return self._slide
+
+    def _read(self, location, size) -> np.ndarray:
+        self._open()
         try:
             return self._slide.read_region(location, self.spec.level, size)
         except (TileDecodeError, OSError):
