@@ -25,7 +25,7 @@ from .batch import BatchSummary, Ledger, SlideJob, in_shard, parse_shard, run_ba
 from .encoders import Encoder, load_encoder
 from .errors import InputError
 from .featurefile import SCHEMA_VERSION, features_path, is_complete
-from .reading import ReadSpec, TileReader, region_runs, resolve_grid
+from .reading import READERS, ReadSpec, TileReader, open_reader, region_runs, resolve_grid
 from .slide import open_slide
 from .tilefile import read_tile_file, settings_key
 
@@ -39,7 +39,9 @@ class ExtractConfig:
     """``batch_size``: tiles per forward pass. ``workers``: reader processes (0 = read in the
     main process). ``precision``: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` (see
     :func:`precision_for`). ``max_bad_tiles``: share of tiles that may fail to decode before the
-    slide fails. ``region_tiles``: most tiles read per OpenSlide call."""
+    slide fails. ``region_tiles``: most tiles read per region call. ``reader``: ``auto`` |
+    ``direct`` | ``openslide`` (:func:`~wsi_ncmi.reading.open_reader`; the same pixels, so not
+    part of the settings key; the reader used is recorded in each feature file)."""
 
     encoder: str = "resnet50_trunc"
     weights: Path | None = None
@@ -52,6 +54,7 @@ class ExtractConfig:
     max_bad_tiles: float = 0.05
     region_tiles: int = 8
     precision: str = "auto"
+    reader: str = "auto"
 
 
 def select_device(name: str) -> torch.device:
@@ -136,6 +139,8 @@ def extract_batch(
     encoder = load_encoder(config.encoder, config.weights, config.random_weights, config.download)
     encoder.model.to(device, memory_format=torch.channels_last)
     precision = precision_for(encoder, device, config.precision)
+    if config.reader not in READERS:
+        raise InputError(f"--reader {config.reader!r}: expected one of {', '.join(READERS)}")
     key = extract_key(encoder, config, precision)
     log.info("encoder %s (%d-d, weights %s %s…) on %s, %s", encoder.spec.name, encoder.dim,
              encoder.weights_source, encoder.weights_sha256[:12], device, precision)
@@ -215,7 +220,7 @@ def tile_loader(slide_path: Path, coords: np.ndarray, spec: ReadSpec, config: Ex
     item = max(2 * config.region_tiles, min(config.batch_size, share))
     runs = region_runs(coords, spec.downsample, spec.read_size, config.region_tiles)
     items = pack_runs(runs, item)
-    reader = TileReader(slide_path, spec)
+    reader = open_reader(slide_path, spec, config.reader)
     loader = torch.utils.data.DataLoader(
         _Items(reader, coords, items), batch_size=None, shuffle=False, num_workers=workers,
         pin_memory=pin_memory, prefetch_factor=4 if workers else None,
@@ -241,6 +246,7 @@ def _encode_to_h5(tmp, slide_path, coords, spec, encoder, config, device, precis
         feats = f.create_dataset("features", (n, dim), dtype=dtype, maxshape=(n, dim),
                                  chunks=(max(1, min(n, 512)), dim) if n else None)
         out_coords = f.create_dataset("coords", (n, 2), dtype=np.int64, maxshape=(n, 2))
+        f.attrs["reader"] = reader.name
 
         def flush(pending) -> None:
             nonlocal written
