@@ -1,1 +1,2 @@
-"""Slide access, pyramid levels, tissue, tile grid, tile readers, previews, synthetic slides and cohorts."""
+"""Slide access, pyramid levels, tissue, tile grid, tile readers, previews, synthetic slides
+and cohorts."""

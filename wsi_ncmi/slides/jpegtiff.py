@@ -117,7 +117,7 @@ def inspect_slide(path: str | Path) -> JpegTiffLayout | str:
             if [(p.imagewidth, p.imagelength) for p in pages] != dims:
                 return "its TIFF levels differ from the levels OpenSlide reports"
             levels = []
-            for i, (page, ds) in enumerate(zip(pages, downsamples)):
+            for i, (page, ds) in enumerate(zip(pages, downsamples, strict=True)):
                 level = _jpeg_level(page, ds, vendor)
                 if isinstance(level, str):
                     return f"level {i} {level}"
@@ -246,26 +246,29 @@ class JpegTiffSlide:
             return
         fx, fy = max(x, 0) / ds, max(y, 0) / ds
         if fx == math.floor(fx) and fy == math.floor(fy):
-            rgb, opaque = self._window(level, int(fy), int(fx), h, w)
-            dest[opaque] = rgb[opaque]
+            for pixels, dst, src in self._pieces(level, int(fy), int(fx), h, w):
+                dest[dst] = pixels[src]
             return
         vx, vy = round(fx * 65536), round(fy * 65536)  # cairo's fixed point, ties to even
         col0, row0 = vx >> 16, vy >> 16
-        rgb, opaque = self._window(level, row0, col0, h + 1, w + 1)
+        rgb = np.zeros((h + 1, w + 1, 3), np.uint8)
+        opaque = np.zeros((h + 1, w + 1), bool)
+        for pixels, dst, src in self._pieces(level, row0, col0, h + 1, w + 1):
+            rgb[dst] = pixels[src]
+            opaque[dst] = True
         lv = self.layout.levels[level]
         col_cut = (np.arange(col0 + 1, col0 + w + 1) % lv.tile_w) == 0
         row_cut = (np.arange(row0 + 1, row0 + h + 1) % lv.tile_h) == 0
         dest[:] = resample(rgb, opaque, vx & 0xFFFF, vy & 0xFFFF, col_cut, row_cut)
 
-    def _window(self, level: int, top: int, left: int, h: int, w: int):
-        """Level pixels [top, top+h) × [left, left+w): (h×w×3 uint8, h×w bool painted)."""
+    def _pieces(self, level: int, top: int, left: int, h: int, w: int):
+        """(decoded tile, destination slices, source slices) for each painted native tile
+        under level pixels [top, top+h) × [left, left+w), clipped to the level."""
         lv = self.layout.levels[level]
-        rgb = np.zeros((h, w, 3), np.uint8)
-        opaque = np.zeros((h, w), bool)
         top0, left0 = max(top, 0), max(left, 0)
         bottom, right = min(top + h, lv.height), min(left + w, lv.width)
         if bottom <= top0 or right <= left0:
-            return rgb, opaque
+            return
         for row in range(top0 // lv.tile_h, -(-bottom // lv.tile_h)):
             for col in range(left0 // lv.tile_w, -(-right // lv.tile_w)):
                 pixels = self.tile(level, col, row)
@@ -274,9 +277,8 @@ class JpegTiffSlide:
                 y0, x0 = row * lv.tile_h, col * lv.tile_w
                 a, b = max(top, y0), min(bottom, y0 + lv.tile_h)
                 c, d = max(left, x0), min(right, x0 + lv.tile_w)
-                rgb[a - top:b - top, c - left:d - left] = pixels[a - y0:b - y0, c - x0:d - x0]
-                opaque[a - top:b - top, c - left:d - left] = True
-        return rgb, opaque
+                yield (pixels, (slice(a - top, b - top), slice(c - left, d - left)),
+                       (slice(a - y0, b - y0), slice(c - x0, d - x0)))
 
     def _decode(self, level: int, col: int, row: int) -> np.ndarray | None:
         import imagecodecs

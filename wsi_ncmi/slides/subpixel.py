@@ -46,55 +46,95 @@ def resample(window: np.ndarray, opaque: np.ndarray, frac_x: int, frac_y: int,
     different native tiles; ``row_cut`` likewise for rows (length h).
     """
     wx, wy = F32(frac_x) / F32(65536), F32(frac_y) / F32(65536)
-    weights = ((1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy)
-    src = np.empty(window.shape[:2] + (4,), F32)
-    np.multiply(window, INV255, out=src[..., :3], casting="unsafe")
-    src[..., 3] = F32(255) * INV255
-    src[~opaque] = 0
-    h, w = len(row_cut), len(col_cut)
-    taps = (src[:-1, :-1], src[:-1, 1:], src[1:, :-1], src[1:, 1:])
-    s = taps[0] * weights[0]
-    for tap, weight in zip(taps[1:], weights[1:]):
-        s += tap * weight
-    out = _saturate(s, np.zeros((h, w, 4), np.uint8))
+    one = F32(1)
+    weights = ((one - wx) * (one - wy), wx * (one - wy), (one - wx) * wy, wx * wy)
+    colour = np.multiply(window, INV255, dtype=F32)
+    alpha = opaque * (F32(255) * INV255)
+    full = bool(opaque.all())
+    if not full:
+        colour *= opaque[..., None]
+    s = _bilinear(colour, weights)
+    # Alpha of a fully painted window is the same sum of weights everywhere.
+    sa = _bilinear(alpha[:2, :2], weights) if full else _bilinear(alpha, weights)
+    c8, a8 = _onto_transparent(s, sa)
+    if full:
+        a8 = np.broadcast_to(a8, row_cut.shape + col_cut.shape).copy()
     jj, ii = np.nonzero(row_cut[:, None] | col_cut[None, :])
     if len(jj):
-        out[jj, ii] = _paint_seams(src, jj, ii, row_cut[jj], col_cut[ii], weights)
-    return _to_rgb(out)
+        c8[jj, ii], a8[jj, ii] = _paint_seams(colour, alpha, jj, ii, row_cut[jj], col_cut[ii],
+                                              weights)
+    return _to_rgb(c8, a8)
 
 
-def _paint_seams(src, jj, ii, row_cut, col_cut, weights) -> np.ndarray:
-    """Premultiplied RGBA (n×4 uint8) of border pixels, painting their tiles in order."""
-    taps = [src[jj + a, ii + b] for a in (0, 1) for b in (0, 1)]
-    quadrant = [((a == 1) & row_cut, (b == 1) & col_cut) for a in (0, 1) for b in (0, 1)]
-    dest = np.zeros((len(jj), 4), np.uint8)
+def _bilinear(x: np.ndarray, weights) -> np.ndarray:
+    """pixman's float bilinear sum over the 2×2 taps of each output pixel, in its order."""
+    taps = (x[:-1, :-1], x[:-1, 1:], x[1:, :-1], x[1:, 1:])
+    s = taps[0] * weights[0]
+    term = np.empty_like(s)
+    for tap, weight in zip(taps[1:], weights[1:], strict=True):
+        s += np.multiply(tap, weight, out=term)
+    return s
+
+
+def _onto_transparent(s: np.ndarray, sa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_saturate` onto an empty destination (d = 0): the same numbers without the
+    destination terms; ``s`` (colour) is overwritten."""
+    if sa.min() < F32(1) or sa.max() > F32(1):
+        fa = _factor(sa, np.zeros_like(sa))
+        if (fa != 1).any():
+            s *= fa[..., None]
+            sa = sa * fa
+    return _to_8bit(s), _to_8bit(sa.copy())
+
+
+def _paint_seams(colour, alpha, jj, ii, row_cut, col_cut, weights):
+    """(n×3 colour, n alpha) premultiplied 8-bit of border pixels, painting their tiles in
+    order."""
+    offsets = [(a, b) for a in (0, 1) for b in (0, 1)]
+    c_taps = [colour[jj + a, ii + b] for a, b in offsets]
+    a_taps = [alpha[jj + a, ii + b] for a, b in offsets]
+    quadrant = [((a == 1) & row_cut, (b == 1) & col_cut) for a, b in offsets]
+    c8 = np.zeros((len(jj), 3), np.uint8)
+    a8 = np.zeros(len(jj), np.uint8)
     for qa, qb in _ORDER:
-        s = None
-        for tap, weight, (ra, cb) in zip(taps, weights, quadrant):
-            inside = ((ra == bool(qa)) & (cb == bool(qb)))[:, None]
-            term = np.where(inside, tap * weight, F32(0))
-            s = term if s is None else s + term
-        dest = _saturate(s, dest)
-    return dest
+        s = sa = None
+        for c, a, weight, (ra, cb) in zip(c_taps, a_taps, weights, quadrant, strict=True):
+            inside = (ra == bool(qa)) & (cb == bool(qb))
+            term, aterm = np.where(inside[:, None], c * weight, F32(0)), np.where(
+                inside, a * weight, F32(0))
+            s, sa = (term, aterm) if s is None else (s + term, sa + aterm)
+        c8, a8 = _saturate(s, sa, c8, a8)
+    return c8, a8
 
 
-def _saturate(s: np.ndarray, dest: np.ndarray) -> np.ndarray:
-    """pixman's float SATURATE of premultiplied ``s`` (…×4 float32) onto 8-bit ``dest``."""
-    d = dest * INV255
-    sa = s[..., 3:4]
+def _factor(sa: np.ndarray, da: np.ndarray) -> np.ndarray:
+    """SATURATE's source factor min(1, (1 − da) / sa), 1 where sa is zero."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        fa = np.where((-_TINY < sa) & (sa < _TINY), F32(1),
-                      np.clip((F32(1) - d[..., 3:4]) / sa, F32(0), F32(1)))
-    f = np.minimum(F32(1), s * fa + d)
-    return np.minimum(f * F32(256), F32(255)).astype(np.uint8)
+        return np.where((-_TINY < sa) & (sa < _TINY), F32(1),
+                        np.clip((F32(1) - da) / sa, F32(0), F32(1)))
 
 
-def _to_rgb(premultiplied: np.ndarray) -> np.ndarray:
+def _saturate(s, sa, c8, a8):
+    """pixman's float SATURATE of premultiplied (``s`` n×3, ``sa`` n) float32 onto 8-bit
+    (``c8`` n×3, ``a8`` n)."""
+    d, da = c8 * INV255, a8 * INV255
+    fa = _factor(sa, da)
+    return (_to_8bit(np.minimum(F32(1), s * fa[:, None] + d)),
+            _to_8bit(np.minimum(F32(1), sa * fa + da)))
+
+
+def _to_8bit(f: np.ndarray) -> np.ndarray:
+    """pixman's float_to_unorm(min(1, f), 8) for f ≥ 0, in place."""
+    f *= F32(256)
+    np.minimum(f, F32(255), out=f)
+    return f.astype(np.uint8)
+
+
+def _to_rgb(c8: np.ndarray, a8: np.ndarray) -> np.ndarray:
     """openslide-python's un-premultiplication, then compositing onto white."""
-    a = premultiplied[..., 3:4]
-    if a.min() == 255:
-        return np.ascontiguousarray(premultiplied[..., :3])
-    c = premultiplied[..., :3].astype(np.int32)
-    a32 = a.astype(np.int32)
-    rgb = np.where(a32 == 255, c, (255 * c // np.maximum(a32, 1)) & 0xFF)
-    return rgba_to_rgb(np.concatenate([rgb, a32], -1).astype(np.uint8))
+    if a8.min() == 255:
+        return c8
+    c = c8.astype(np.int32)
+    a = a8.astype(np.int32)[..., None]
+    rgb = np.where(a == 255, c, (255 * c // np.maximum(a, 1)) & 0xFF)
+    return rgba_to_rgb(np.concatenate([rgb, a], -1).astype(np.uint8))
