@@ -16,7 +16,7 @@ from wsi_ncmi.errors import SlideError
 from wsi_ncmi.featurefile import read_features
 from wsi_ncmi.reading import ReadSpec, TileReader, open_reader, region_runs
 from wsi_ncmi.slide import rgba_to_rgb
-from wsi_ncmi.slides.aperio import write_aperio_like
+from wsi_ncmi.slides.aperio import encode_tile, split_tables, write_aperio_like
 from wsi_ncmi.slides.jpegtiff import (
     DirectTileReader,
     JpegTiffSlide,
@@ -49,7 +49,42 @@ def slides(tmp_path_factory) -> dict[str, Path]:
     for photometric in ("rgb", "ycbcr"):
         out[f"svs_{photometric}"] = write_aperio_like(
             out["tiff256"], folder / f"aperio_{photometric}.svs", photometric=photometric)
+    out["philips"] = folder / "philips.tiff"
+    _write_philips_like(out["tiff_ds4"], out["philips"])
     return out
+
+
+def _write_philips_like(src: Path, dst: Path, tile: int = 256) -> None:
+    """A Philips-style TIFF of ``src``'s pyramid: levels padded to whole tiles (OpenSlide
+    clips them by the XML pixel spacings), YCbCr tiles sharing JPEGTables, and one missing
+    (zero-length) tile, as sparse Philips scans have."""
+    ref = openslide.OpenSlide(str(src))
+    spacings = "".join(
+        '<DataObject ObjectType="PixelDataRepresentation"><Attribute Name="DICOM_PIXEL_SPACING">'
+        f'"{0.00025 * d:g}" "{0.00025 * d:g}"</Attribute></DataObject>'
+        for d in ref.level_downsamples)
+    xml = ('<?xml version="1.0" encoding="UTF-8" ?><DataObject ObjectType="DPUfsImport">'
+           '<Attribute Name="PIM_DP_SCANNED_IMAGES"><Array><DataObject ObjectType="DPScannedImage">'
+           '<Attribute Name="PIM_DP_IMAGE_TYPE">WSI</Attribute>'
+           f'<Attribute Name="PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE"><Array>{spacings}</Array>'
+           '</Attribute></DataObject></Array></Attribute></DataObject>')
+    with tifffile.TiffWriter(dst) as tw:
+        for level, (w, h) in enumerate(ref.level_dimensions):
+            pw, ph = -(-w // tile) * tile, -(-h // tile) * tile
+            ds = ref.level_downsamples[level]
+            tables, tiles = None, []
+            for y in range(0, ph, tile):
+                for x in range(0, pw, tile):
+                    region = ref.read_region((round(x * ds), round(y * ds)), level, (tile, tile))
+                    pixels = rgba_to_rgb(np.asarray(region))
+                    pixels[h - y:], pixels[:, w - x:] = 0, 0  # black padding
+                    t, data = split_tables(encode_tile(pixels, 80, rgb=False), aperio_ids=False)
+                    tables = tables or t
+                    tiles.append(b"" if (level, x, y) == (0, pw - tile, 0) else data)
+            tw.write(iter(tiles), shape=(ph, pw, 3), dtype=np.uint8, tile=(tile, tile),
+                     compression="jpeg", photometric="rgb", jpegtables=tables,
+                     subsampling=(2, 2), subfiletype=1 if level else 0, metadata=None,
+                     software="Philips DP v1.0", description=xml if level == 0 else None)
 
 
 def _rewrite(src: Path, dst: Path, **write) -> None:
@@ -99,6 +134,19 @@ def test_generic_tiff_pixels_equal_openslide(slides, name):
     direct = assert_parity(slides[name])
     assert direct.layout.vendor == "generic-tiff"
     assert direct.layout.levels[0].ycbcr == (name != "tiff_rgb")
+
+
+def test_philips_tiff_pixels_equal_openslide(slides):
+    """Levels clipped to OpenSlide's size (smaller than the padded TIFF pages), a missing
+    tile painted white."""
+    direct = assert_parity(slides["philips"], seed=9)
+    assert direct.layout.vendor == "philips"
+    lv1 = direct.layout.levels[1]  # a 256 × 256 page, 1024 × 768 / 4 for OpenSlide
+    assert (lv1.width, lv1.height, lv1.tiles_down) == (256, 192, 1)
+    corner = direct.read_region((W - 24, 0), 0, (24, 24))  # in the missing tile
+    assert (corner == 255).all()
+    below = direct.read_region((0, 4 * 160), 1, (8, 64))  # padding rows 175–191 kept, then
+    assert (below[15:31] < 60).all() and (below[32:] == 255).all()  # clipped at 192
 
 
 @pytest.mark.parametrize("photometric", ["rgb", "ycbcr"])

@@ -1,4 +1,5 @@
-"""Read JPEG-tiled TIFF slides (Aperio SVS, generic pyramidal TIFF) without OpenSlide, with
+"""Read JPEG-tiled TIFF slides (Aperio SVS, generic pyramidal TIFF, Philips TIFF) without
+OpenSlide, with
 OpenSlide's pixels, at the speed of the JPEG decoder.
 
 OpenSlide spends ~1.6 ms per 256-px JPEG tile, much of it compositing. Here tifffile gives
@@ -12,15 +13,16 @@ them:
   4096 px are cut where OpenSlide cuts them, negative locations are shifted as it shifts them;
 - at whole-pixel level offsets native tiles are copied; at fractional ones the region is
   resampled exactly as OpenSlide's cairo/pixman path does (:mod:`wsi_ncmi.slides.subpixel`);
-- level pixels outside the level, and missing (zero-length) tiles of a generic TIFF, are
-  transparent, composited onto white like :func:`wsi_ncmi.slide.rgba_to_rgb` does;
+- level pixels outside the level (OpenSlide's size, which for Philips is smaller than the
+  TIFF page), and missing (zero-length) tiles of a generic or Philips TIFF, are transparent,
+  composited onto white like :func:`wsi_ncmi.slide.rgba_to_rgb` does;
 - a native tile that fails to decode fails the read (:class:`TileDecodeError`). OpenSlide
   also fails on libjpeg warnings, which imagecodecs does not report; a tile damaged by
   truncation or overwriting is caught here by its missing SOI/EOI markers.
 
 Decoded native tiles are kept in a small LRU (bytes-bounded), so a native tile shared by
 adjacent reads is decoded once. Everything else — other OpenSlide drivers (MRXS, NDPI, DICOM,
-Philips, Ventana…), JPEG 2000, LZW or uncompressed levels, odd layouts — is named by
+Ventana's overlapping tiles…), JPEG 2000, LZW or uncompressed levels, odd layouts — is named by
 :func:`can_read_direct` with the reason, and read through OpenSlide instead
 (:func:`wsi_ncmi.reading.open_reader`).
 """
@@ -40,7 +42,7 @@ from ..slide import open_slide
 from .jpegstream import complete_stream, tile_damage
 from .subpixel import resample
 
-DIRECT_VENDORS = ("generic-tiff", "aperio")
+DIRECT_VENDORS = ("generic-tiff", "aperio", "philips")
 CACHE_BYTES = 64 * 2**20
 _JPEG = 7
 _YCBCR = {2: False, 6: True}  # TIFF photometric RGB, YCbCr
@@ -53,27 +55,21 @@ class TileDecodeError(Exception):
 
 @dataclass(frozen=True)
 class JpegLevel:
-    """One pyramid level: OpenSlide's size (px) and downsample, the native tile size (px),
-    whether the JPEG data are YCbCr (else RGB), the JPEGTables value, and per tile (row-major)
-    the file offset and byte count (0 = missing tile)."""
+    """One pyramid level: OpenSlide's size (px) and downsample, the native tile size (px) and
+    grid (tiles across, down), whether the JPEG data are YCbCr (else RGB), the JPEGTables
+    value, and per tile (row-major) the file offset and byte count (0 = missing tile)."""
 
     width: int
     height: int
     downsample: float
     tile_w: int
     tile_h: int
+    tiles_across: int
+    tiles_down: int
     ycbcr: bool
     tables: bytes | None
     offsets: np.ndarray
     counts: np.ndarray
-
-    @property
-    def tiles_across(self) -> int:
-        return -(-self.width // self.tile_w)
-
-    @property
-    def tiles_down(self) -> int:
-        return -(-self.height // self.tile_h)
 
 
 @dataclass(frozen=True)
@@ -114,11 +110,14 @@ def inspect_slide(path: str | Path) -> JpegTiffLayout | str:
             pages = _level_pages(list(tf.pages), vendor)
             if isinstance(pages, str):
                 return pages
-            if [(p.imagewidth, p.imagelength) for p in pages] != dims:
+            sizes = [(p.imagewidth, p.imagelength) for p in pages]
+            if len(sizes) != len(dims) or not all(
+                    (w, h) == (lw, lh) or (vendor == "philips" and w >= lw and h >= lh)
+                    for (w, h), (lw, lh) in zip(sizes, dims, strict=True)):
                 return "its TIFF levels differ from the levels OpenSlide reports"
             levels = []
-            for i, (page, ds) in enumerate(zip(pages, downsamples, strict=True)):
-                level = _jpeg_level(page, ds, vendor)
+            for i, (page, size, ds) in enumerate(zip(pages, dims, downsamples, strict=True)):
+                level = _jpeg_level(page, size, ds, vendor)
                 if isinstance(level, str):
                     return f"level {i} {level}"
                 levels.append(level)
@@ -128,9 +127,10 @@ def inspect_slide(path: str | Path) -> JpegTiffLayout | str:
 
 
 def _level_pages(pages: list, vendor: str) -> list | str:
-    """The pages OpenSlide takes as levels, in its order: Aperio takes every tiled page in
-    file order; generic TIFF the first page and tiled reduced-resolution pages, by width."""
-    if vendor == "aperio":
+    """The pages OpenSlide takes as levels, in its order: Aperio and Philips take every tiled
+    page in file order; generic TIFF the first page and tiled reduced-resolution pages, by
+    width."""
+    if vendor in ("aperio", "philips"):
         return [p for p in pages if p.is_tiled]
     levels = [p for i, p in enumerate(pages) if p.is_tiled and (i == 0 or p.subfiletype & 1)]
     widths = [p.imagewidth for p in levels]
@@ -139,7 +139,7 @@ def _level_pages(pages: list, vendor: str) -> list | str:
     return sorted(levels, key=lambda p: -p.imagewidth)
 
 
-def _jpeg_level(page, downsample: float, vendor: str) -> JpegLevel | str:
+def _jpeg_level(page, size: tuple[int, int], downsample: float, vendor: str) -> JpegLevel | str:
     """The level read from a TIFF page, or why the page is not plain 8-bit JPEG tiles."""
     if int(page.compression) != _JPEG:
         return f"is compressed with {_name(page.compression)}, not JPEG"
@@ -148,10 +148,12 @@ def _jpeg_level(page, downsample: float, vendor: str) -> JpegLevel | str:
     if int(page.photometric) not in _YCBCR:
         return f"has photometric {_name(page.photometric)}, not RGB or YCbCr"
     counts = np.asarray(page.databytecounts, np.int64)
-    level = JpegLevel(page.imagewidth, page.imagelength, downsample, page.tilewidth,
-                      page.tilelength, _YCBCR[int(page.photometric)], page.jpegtables,
+    across = -(-page.imagewidth // page.tilewidth)
+    down = -(-page.imagelength // page.tilelength)
+    level = JpegLevel(size[0], size[1], downsample, page.tilewidth, page.tilelength, across,
+                      down, _YCBCR[int(page.photometric)], page.jpegtables,
                       np.asarray(page.dataoffsets, np.int64), counts)
-    if len(counts) != level.tiles_across * level.tiles_down:
+    if len(counts) != across * down:
         return "has a tile count that does not match its size"
     if vendor == "aperio" and (counts == 0).any():
         return "has zero-length tiles, which OpenSlide paints from another level"
