@@ -228,6 +228,11 @@ def _fallback_slides(folder: Path, src: Path) -> dict[str, Path]:
     _rewrite(src, out["deflate"], tile=(256, 256), compression="zlib")
     _rewrite(src, out["lzw"], tile=(256, 256), compression="lzw")
     _rewrite(src, out["uncompressed"], tile=(256, 256))
+    out["jpeg2000_svs"] = folder / "j2k.svs"  # Aperio's JPEG 2000 (compression 33005)
+    with tifffile.TiffWriter(out["jpeg2000_svs"]) as tw:
+        tw.write(tifffile.imread(src, key=0), tile=(256, 256), compression=33005,
+                 photometric="rgb", metadata=None,
+                 description=f"Aperio Image Library v12.0.15 \r\n{W}x{H} |MPP = 0.25")
     return out
 
 

@@ -1,9 +1,10 @@
-"""Reading tiles back from a slide, fast: many adjacent tiles per OpenSlide call.
+"""Reading tiles back from a slide, fast: many adjacent tiles per region read.
 
 Tiles of one row whose level offsets are whole pixels are read as one region and cut up, which
 gives the same pixels as reading each tile alone (tested). A region that fails to decode is
 re-read tile by tile; a tile that fails twice (with a fresh handle each time, since an
-OpenSlide handle is unusable after an error) is reported bad and left out.
+OpenSlide handle is unusable after an error) is reported bad and left out. :func:`open_reader`
+picks OpenSlide or the direct JPEG-TIFF reader, which gives the same pixels faster.
 """
 
 from __future__ import annotations
@@ -134,9 +135,10 @@ READERS = ("auto", "direct", "openslide")
 
 
 def open_reader(slide_path: Path, spec: ReadSpec, reader: str = "auto") -> TileReader:
-    """The tile reader for a slide: ``direct`` (:mod:`wsi_ncmi.slides.jpegtiff`, the same
-    pixels at libjpeg-turbo speed, for JPEG-tiled generic TIFF and Aperio SVS), ``openslide``,
-    or ``auto`` (direct where it can read the slide, else OpenSlide). Its ``name`` says which."""
+    """The tile reader for a slide: ``direct`` (:mod:`wsi_ncmi.slides.jpegtiff`: OpenSlide's
+    pixels at libjpeg-turbo speed, for JPEG-tiled generic TIFF, Aperio SVS and Philips TIFF;
+    :class:`SlideError` naming the reason on any other slide), ``openslide``, or ``auto``
+    (direct where it can read the slide, else OpenSlide). Its ``name`` says which."""
     if reader not in READERS:
         raise InputError(f"--reader {reader!r}: expected one of {', '.join(READERS)}")
     if reader == "openslide":

@@ -43,7 +43,7 @@ from .jpegstream import complete_stream, tile_damage
 from .subpixel import resample
 
 DIRECT_VENDORS = ("generic-tiff", "aperio", "philips")
-CACHE_BYTES = 64 * 2**20
+CACHE_BYTES = 32 * 2**20  # decoded native tiles kept per reader (per worker process)
 _JPEG = 7
 _YCBCR = {2: False, 6: True}  # TIFF photometric RGB, YCbCr
 _CHUNK = 4096  # OpenSlide paints regions in squares of at most this side (px)
@@ -104,7 +104,7 @@ def inspect_slide(path: str | Path) -> JpegTiffLayout | str:
         slide.close()
     if vendor not in DIRECT_VENDORS:
         return (f"OpenSlide reads it with its {vendor} driver; direct reading covers "
-                f"{' and '.join(DIRECT_VENDORS)}")
+                f"{', '.join(DIRECT_VENDORS)}")
     try:
         with tifffile.TiffFile(path) as tf:
             pages = _level_pages(list(tf.pages), vendor)
