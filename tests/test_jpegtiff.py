@@ -290,6 +290,7 @@ def assert_parity_small(path: Path) -> JpegTiffSlide:
     return direct
 
 
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 def test_complete_streams_decode_like_openslide_with_torchvision(slides):
     """The compressed path's streams (tables merged, colour space stated) decode with
     torchvision's libjpeg to the pixels the direct reader gets, and batched runs assemble
@@ -330,6 +331,7 @@ def _cuda() -> bool:
 
 
 @pytest.mark.skipif(not _cuda(), reason="needs a CUDA device (nvJPEG through torchvision)")
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 def test_batched_decode_on_cuda_equals_cpu_reader(slides):
     from wsi_ncmi.slides.gpudecode import decode_runs
 
