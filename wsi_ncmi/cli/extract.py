@@ -48,6 +48,9 @@ def extract(
     ] = False,
     max_bad_tiles: Annotated[float, typer.Option(
         help="Share of tiles (0–1) that may fail to decode before the slide fails.")] = 0.05,
+    reader: Annotated[str, typer.Option(
+        help="Tile reader: auto (direct JPEG decoding for JPEG-tiled TIFF/SVS, else OpenSlide) "
+        "| direct | openslide. Same pixels either way; the one used is recorded.")] = "auto",
     tiles: Annotated[Path | None, typer.Option(
         help="Folder of tile files (ours, CLAM's or TRIDENT's), default WORKSPACE/tiles.")
     ] = None,
@@ -69,7 +72,8 @@ def extract(
             encoder=encoder, weights=weights, random_weights=random_weights, download=download,
             device=device, batch_size=batch_size,
             workers=defaults.workers if workers is None else workers,
-            fp16_storage=fp16_storage, max_bad_tiles=max_bad_tiles, precision=precision)
+            fp16_storage=fp16_storage, max_bad_tiles=max_bad_tiles, precision=precision,
+            reader=reader)
         summary = extract_slides(jobs, out, config, shard, tiles)
     except InputError as exc:
         fail(exc)

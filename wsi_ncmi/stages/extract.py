@@ -28,6 +28,7 @@ from ..formats.tilefile import TILING_KEYS, read_tile_file, settings_key
 from ..model.device import select_device, select_precision
 from ..model.encoders import Encoder, load_encoder
 from ..slides.access import open_slide
+from ..slides.readers import READERS, open_reader
 from ..slides.reading import ReadSpec, TileReader, region_runs, resolve_grid
 from .jobs import SlideJob, record_tag, shard_jobs
 from .ledger import Ledger
@@ -42,8 +43,10 @@ class ExtractConfig:
     """``batch_size``: tiles per forward pass. ``workers``: reader processes (0 = read in the
     main process). ``precision``: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` (see
     :func:`~wsi_ncmi.model.device.select_precision`). ``max_bad_tiles``: share of tiles that
-    may fail to decode before the slide fails. ``region_tiles``: most tiles read per OpenSlide
-    call."""
+    may fail to decode before the slide fails. ``region_tiles``: most tiles read per region
+    call. ``reader``: ``auto`` | ``direct`` | ``openslide``
+    (:func:`~wsi_ncmi.slides.reading.open_reader`; the same pixels, so not part of the settings
+    key; the reader used is recorded in each feature file)."""
 
     encoder: str = "resnet50_trunc"
     weights: Path | None = None
@@ -56,6 +59,7 @@ class ExtractConfig:
     max_bad_tiles: float = 0.05
     region_tiles: int = 8
     precision: str = "auto"
+    reader: str = "auto"
 
 
 def precision_of(encoder: Encoder, device: torch.device, config: ExtractConfig) -> str:
@@ -114,6 +118,8 @@ def extract_slides(
     encoder = load_encoder(config.encoder, config.weights, config.random_weights, config.download)
     encoder.model.to(device, memory_format=torch.channels_last)
     precision = precision_of(encoder, device, config)
+    if config.reader not in READERS:
+        raise InputError(f"--reader {config.reader!r}: expected one of {', '.join(READERS)}")
     key = extract_key(encoder, config, precision)
     log.info("encoder %s (%d-d, weights %s %s…) on %s, %s", encoder.spec.name, encoder.dim,
              encoder.weights_source, encoder.weights_sha256[:12], device, precision)
@@ -201,7 +207,7 @@ def tile_loader(slide_path: Path, coords: np.ndarray, spec: ReadSpec, config: Ex
     item = max(2 * config.region_tiles, min(config.batch_size, share))
     runs = region_runs(coords, spec.downsample, spec.read_size, config.region_tiles)
     items = pack_runs(runs, item)
-    reader = TileReader(slide_path, spec)
+    reader = open_reader(slide_path, spec, config.reader)
     loader = torch.utils.data.DataLoader(
         _Items(reader, coords, items), batch_size=None, shuffle=False, num_workers=workers,
         pin_memory=pin_memory, prefetch_factor=4 if workers else None,
@@ -227,6 +233,7 @@ def _encode_to_h5(tmp, slide_path, coords, spec, encoder, config, device, precis
         feats = f.create_dataset("features", (n, dim), dtype=dtype, maxshape=(n, dim),
                                  chunks=(max(1, min(n, 512)), dim) if n else None)
         out_coords = f.create_dataset("coords", (n, 2), dtype=np.int64, maxshape=(n, 2))
+        f.attrs["reader"] = reader.name
 
         def flush(pending) -> None:
             nonlocal written
