@@ -237,3 +237,18 @@ def test_feature_settings_must_agree_across_slides(tmp_path):
     # tiles from CLAM: no tiling settings, µm/px unknown (extract writes -1)
     foreign = {s: bag(s, -1.0, "aaa", "none", "{}") for s in ("e", "f")}
     assert feature_settings(foreign)["facts"]["input_mpp"] is None
+
+
+def test_hostile_slide_ids_fail_alone_and_write_nothing_outside(setup, tmp_path):
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"slide_id": ["new_a", "../../escape", "sub/dir"],
+                  "path": ["new_a.tif"] * 3}).to_csv(manifest, index=False)
+    out = tmp_path / "w" / "out"
+    result = invoke(setup["run"], setup["new"], out, "--weights", setup["ckpt"], "--manifest",
+                    manifest, "--slide-root", setup["new"])
+    assert result.returncode == 1
+    assert "FAILED '../../escape': " in result.stderr and "FAILED 'sub/dir': " in result.stderr
+    assert read_predictions(out)["slide_id"].tolist() == ["new_a"]
+    written = [p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()]
+    assert all(p.parts[:2] == ("w", "out") or p.name == "m.csv" for p in written), written
+    assert not any("sub" in p.parts or "escape" in p.name for p in written)

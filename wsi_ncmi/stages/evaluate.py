@@ -38,6 +38,7 @@ import pandas as pd
 from ..atomic import atomic_path, write_json
 from ..errors import InputError
 from ..formats.featurefile import bag_path
+from ..formats.ids import id_problem
 from ..formats.labels import read_labels
 from ..formats.manifests import load_manifest
 from ..formats.runfolder import (
@@ -185,6 +186,9 @@ def load_run_data(run_dir: Path, features_dir: Path | None, manifest: Path | Non
     labels = read_labels(manifest_path, cfg["task"])
     folds = splits["folds"]
     needed = dict.fromkeys(sid for f in folds for part in ("train", split) for sid in f[part])
+    unsafe = [problem for sid in needed if (problem := id_problem(sid))]
+    if unsafe:
+        raise InputError(f"{Path(run_dir) / SPLITS}: {'; '.join(unsafe)}")
     problems = [f"slide {sid}: not in {manifest_path}" if sid not in labels.label
                 else f"slide {sid}: label {labels.raw[sid]!r} maps to no class"
                 for sid in needed if labels.label.get(sid, -1) < 0]
