@@ -25,8 +25,8 @@ from wsi_ncmi.errors import InputError
 from wsi_ncmi.model.inference import load_fold, run_model
 from wsi_ncmi.stages.compare import compare_runs
 from wsi_ncmi.stages.evaluate import evaluate_run
-from wsi_ncmi.stages.provenance import verify_record
 from wsi_ncmi.stages.train import train_run
+from wsi_ncmi.stages.verify import verify_record
 from wsi_ncmi.stats.simplex import ncmi_measure
 
 CLASSES = ["a", "b", "c"]
@@ -117,7 +117,7 @@ def test_eval_writes_the_contract_files(cohort, loss, heads):
     report = (out / "report.md").read_text()
     assert "# Evaluation on the test split" in report
     assert f"{metrics['heads']['linear_probe']['macro_f1']['value']:.3f}" in report
-    assert verify_record(out / "provenance.json") == []
+    assert verify_record(out / "provenance.json").problems == []
 
 
 @pytest.mark.parametrize("loss", ["ncmi", "ce"])
@@ -219,7 +219,7 @@ def test_compare_reports_paired_differences(cohort, tmp_path):
     diffs = pd.read_csv(tmp_path / "cmp" / "differences.csv")
     assert set(diffs["metric"]) >= {"macro_f1", "auc_macro"}
     assert "Paired differences" in (tmp_path / "cmp" / "comparison.md").read_text()
-    assert verify_record(tmp_path / "cmp" / "provenance.json") == []
+    assert verify_record(tmp_path / "cmp" / "provenance.json").problems == []
 
 
 def test_compare_refuses_runs_on_different_slides(cohort, tmp_path):

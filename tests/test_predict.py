@@ -21,9 +21,9 @@ from wsi_ncmi.model.heads import fit_linear_probe, probe_proba, probe_record
 from wsi_ncmi.slides.synthetic import write_synthetic_slide
 from wsi_ncmi.stages.extract import ExtractConfig, extract_slides
 from wsi_ncmi.stages.jobs import jobs_from_paths
-from wsi_ncmi.stages.provenance import verify_record
 from wsi_ncmi.stages.tile import TileConfig, tile_slides
 from wsi_ncmi.stages.train import train_run
+from wsi_ncmi.stages.verify import verify_record
 
 W, H = 2048, 1536
 CLASSES = ["normal", "lesion"]
@@ -101,7 +101,7 @@ def test_predictions_csv(setup):
         assert len(gj["features"]) == n
         ledger = json.loads((setup["out"] / "ledger" / "predict" / f"{sid}.json").read_text())
         assert ledger["status"] == "done"
-    assert verify_record(setup["out"] / "provenance" / "predict-all.json") == []
+    assert verify_record(setup["out"] / "provenance" / "predict-all.json").problems == []
 
 
 def test_predict_reproduces_the_training_features_and_probe(setup):

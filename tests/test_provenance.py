@@ -16,9 +16,11 @@ import pytest
 import tifffile
 from cli import run_cli
 
+from wsi_ncmi.checksums import fingerprint_file
 from wsi_ncmi.errors import InputError
 from wsi_ncmi.slides.synthetic import write_synthetic_slide
-from wsi_ncmi.stages.provenance import fingerprint_file, verify_record, write_record
+from wsi_ncmi.stages.provenance import write_record
+from wsi_ncmi.stages.verify import verify_record
 
 
 def _random_file(path: Path, size: int, seed: int) -> Path:
@@ -83,10 +85,10 @@ def test_writing_a_record_does_not_import_torch(tmp_path):
 
 
 def test_verify_passes_an_untouched_run_even_after_the_run_folder_moves(run, tmp_path):
-    assert verify_record(run["record"]) == []
+    assert verify_record(run["record"]).problems == []
     moved = tmp_path / "moved"
     shutil.move(run["out"], moved)
-    assert verify_record(moved / "provenance.json") == []
+    assert verify_record(moved / "provenance.json").problems == []
 
 
 def test_verify_catches_a_modified_and_a_deleted_output(run):
@@ -95,7 +97,7 @@ def test_verify_catches_a_modified_and_a_deleted_output(run):
     data[10] ^= 1
     first.write_bytes(bytes(data))
     second.unlink()
-    problems = verify_record(run["record"])
+    problems = verify_record(run["record"]).problems
     assert len(problems) == 2
     assert "output" in problems[0] and first.name in problems[0] and "content changed" in \
         problems[0]
@@ -108,7 +110,7 @@ def test_verify_catches_swapped_slides(run):
     a.rename(tmp)
     b.rename(a)
     tmp.rename(b)
-    problems = verify_record(run["record"])
+    problems = verify_record(run["record"]).problems
     assert len(problems) == 2
     assert all(p.startswith("input ") for p in problems)
     assert a.name in problems[0] and b.name in problems[1]
@@ -139,8 +141,8 @@ def test_quick_fingerprint_catches_a_rescanned_overview_through_openslide(tmp_pa
     changed[offset] ^= 0xFF
     edited = tmp_path / "edited.tif"
     edited.write_bytes(bytes(changed))
-    original = fingerprint_file(slide, block=block)
-    rescanned = fingerprint_file(edited, block=block)
+    original = fingerprint_file(slide, block=block, quickhash=True)
+    rescanned = fingerprint_file(edited, block=block, quickhash=True)
     assert rescanned["openslide_quickhash1"] != original["openslide_quickhash1"]
     assert rescanned["checksum"] != original["checksum"]
 
@@ -161,13 +163,14 @@ def test_full_sha256_record_verifies_and_catches_a_middle_edit(tmp_path):
     import hashlib
 
     assert entry["checksum"] == "sha256:" + hashlib.sha256(data.read_bytes()).hexdigest()
-    assert verify_record(record) == []
+    assert verify_record(record).problems == []
     with open(data, "r+b") as f:
         f.seek(2 << 20)
         byte = f.read(1)
         f.seek(2 << 20)
         f.write(bytes([byte[0] ^ 1]))
-    assert verify_record(record) == [f"input {data}: content changed (sha256 checksum differs)"]
+    assert verify_record(record).problems == [
+        f"input {data}: content changed (sha256 checksum differs)"]
 
 
 def test_files_absent_when_recorded_and_home_paths(tmp_path, monkeypatch):
@@ -180,9 +183,10 @@ def test_files_absent_when_recorded_and_home_paths(tmp_path, monkeypatch):
     assert content["inputs"][0]["path"] == "~/in.bin"
     assert content["config"]["weights"] == "~/in.bin"
     assert content["inputs"][1] == {"path": "~/later.bin", "missing": True}
-    assert verify_record(record) == []
+    assert verify_record(record).problems == []
     later.write_bytes(b"x")
-    assert verify_record(record) == ["input ~/later.bin: absent when recorded, present now"]
+    assert verify_record(record).problems == [
+        "input ~/later.bin: absent when recorded, present now"]
 
 
 def test_verify_cli_exit_status_and_folder_search(run, tmp_path):

@@ -22,8 +22,8 @@ from wsi_ncmi.formats.config import load_config, resolve_config
 from wsi_ncmi.model.bags import inspect_bag, read_bag
 from wsi_ncmi.model.fit import epoch_order
 from wsi_ncmi.model.inference import load_fold, run_model
-from wsi_ncmi.stages.provenance import read_record, verify_record
 from wsi_ncmi.stages.train import train_run
+from wsi_ncmi.stages.verify import read_record, verify_record
 from wsi_ncmi.stats.simplex import centroid_scores as centroid_head_scores
 
 D = 8
@@ -110,7 +110,7 @@ def test_run_folder_holds_config_splits_model_history_embeddings(runs, cohort):
     run = runs["ncmi"]
     for name in ("config.yaml", "splits.json", "provenance.json"):
         assert (run / name).is_file()
-    assert verify_record(run / "provenance.json") == []
+    assert verify_record(run / "provenance.json").problems == []
     record = read_record(run / "provenance.json")
     assert len(record["inputs"]) == 1 + 72  # the manifest and every feature file
     assert any(o["path"].endswith("model.safetensors") for o in record["outputs"])

@@ -14,28 +14,31 @@ from .common import fail
 @app.command()
 def verify(
     target: Annotated[Path, typer.Argument(
-        metavar="DIR_OR_RECORD", help="A provenance record (.json), or a folder whose records "
-        "(*.json there and in provenance/) are all checked.")],
+        metavar="DIR_OR_RECORD", help="A provenance record (.json), or a folder: every record "
+        "in it and below it is checked (a workspace, a run folder, the demo's output).")],
+    slide_root: Annotated[Path | None, typer.Option(
+        help="Folder under which the records' slides are found by file name (records keep no "
+        "slide folders: they can carry labels); without it slides are not checked.")] = None,
 ) -> None:
-    """Re-fingerprint every input and output of a record; exit 1 if any drifted or is missing."""
+    """Re-fingerprint every file of the records; exit 1 if any drifted or is missing."""
     from ..errors import InputError
-    from ..stages.provenance import find_records, read_record, verify_record
+    from ..stages.verify import find_records, verify_record
 
     try:
-        records = find_records(target)
-        results = []
-        for path in records:
-            record = read_record(path)
-            n_files = len(record.get("inputs", [])) + len(record.get("outputs", []))
-            results.append((path, n_files, verify_record(path)))
+        results = [verify_record(path, slide_root) for path in find_records(target)]
     except InputError as exc:
         fail(exc)
     problems = 0
-    for path, n_files, found in results:
-        for line in found:
-            typer.echo(f"{path}: {line}")
-        problems += len(found)
-        status = "ok" if not found else f"{len(found)} problem(s)"
-        typer.echo(f"{path}: {n_files} file(s) checked, {status}", err=True)
+    for result in results:
+        for line in result.problems:
+            typer.echo(f"{result.record}: {line}")
+        problems += len(result.problems)
+        status = "ok" if not result.problems else f"{len(result.problems)} problem(s)"
+        unchecked = f", {len(result.unchecked)} slide(s) not checked" if result.unchecked else ""
+        checked = result.n_files - len(result.unchecked)
+        typer.echo(f"{result.record}: {checked} file(s) checked, {status}{unchecked}", err=True)
+    if any(r.unchecked for r in results) and slide_root is None:
+        typer.echo("slides are found by name: pass --slide-root DIR to check them", err=True)
+    typer.echo(f"{len(results)} record(s), {problems} problem(s)", err=True)
     if problems:
         raise typer.Exit(1)

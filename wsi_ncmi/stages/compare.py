@@ -133,7 +133,7 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path, split: str = "test",
     bootstrap = {"n_boot": n_boot, "seed": seed, "unit": units.kind, "n_units": units.n_units}
     text = render_compare_report(rows, pairs, split, head, len(order), bootstrap)
     paths = write_comparison(Path(out_dir), rows, pairs, text)
-    write_record(Path(out_dir), command="wsi-ncmi compare",
+    write_record(Path(out_dir), command="compare",
                  config={"runs": [str(r) for r in run_dirs], "split": split, "head": head,
                          "n_boot": n_boot, "seed": seed},
                  inputs=[eval_dir(r, split) / n for r in run_dirs

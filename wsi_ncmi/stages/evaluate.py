@@ -127,14 +127,16 @@ def evaluate_run(run_dir: Path, split: str = "test", features_dir: Path | None =
     metrics = build_metrics(results, data, run_dir, split, n_boot, seed, probe_input)
     out_dir = eval_dir(run_dir, split)
     outputs = write_outputs(out_dir, results, data, metrics)
+    slides_read: list[tuple[str, Path]] = []
     if heatmaps > 0:
         picks = most_confident(results, data.classes, heatmaps)
-        outputs += draw_heatmaps(run_dir, picks, data.features_dir,
-                                 slide_files(data.manifest, slide_root), out_dir / "heatmaps",
+        files = slide_files(data.manifest, slide_root)
+        outputs += draw_heatmaps(run_dir, picks, data.features_dir, files, out_dir / "heatmaps",
                                  dev)
+        slides_read = [(sid, files[sid]) for _, sid, _ in picks if sid in files]
     write_eval_record(out_dir, run_dir, data, split, outputs,
                       {"n_boot": n_boot, "seed": seed, "probe_input": probe_input,
-                       "device": dev, "heatmaps": heatmaps})
+                       "device": dev, "heatmaps": heatmaps}, slides_read)
     return out_dir
 
 
@@ -161,14 +163,16 @@ def slide_files(manifest: Path, slide_root: Path | None) -> dict[str, Path]:
 
 
 def write_eval_record(out_dir: Path, run_dir: Path, data: RunData, split: str,
-                      outputs: list[Path], settings: dict) -> Path:
+                      outputs: list[Path], settings: dict,
+                      slides: list[tuple[str, Path]]) -> Path:
     """``out_dir/provenance.json``: the run's config, splits, fold models, manifest and the
-    feature files read, the eval ``settings`` and the files written."""
+    feature files read, the slides drawn under heatmaps, the eval ``settings`` and the files
+    written. The run folder is the record's scope: a copied run verifies its own files."""
     folds = [int(f["fold"]) for f in data.splits["folds"] if f[split]]
     slides = dict.fromkeys(s for f in data.splits["folds"] if f[split]
                            for part in ("train", split) for s in f[part])
     return write_record(
-        out_dir, command="wsi-ncmi eval",
+        out_dir, command="eval", slides=slides, scope=run_dir,
         config={"run": str(run_dir), "split": split, **settings,
                 "features_dir": str(data.features_dir), "manifest": str(data.manifest)},
         inputs=[*model_files(run_dir, folds, probe=False), data.manifest,

@@ -152,8 +152,8 @@ def extract_slides(
     complete = sorted(summary.complete)
     write_record(workspace / "provenance", command="extract",
                  config={**asdict(config), "shard": shard, "tiles": tiles_dir},
-                 inputs=[j.path for j in jobs if j.slide_id in summary.complete]
-                 + ([config.weights] if config.weights else []),
+                 inputs=[encoder.weights_path] if encoder.weights_path else [],
+                 slides=[(j.slide_id, j.path) for j in jobs if j.slide_id in summary.complete],
                  outputs=[features_path(workspace, config.encoder, s) for s in complete],
                  name=f"extract-{record_tag(jobs, shard)}.json")
     return summary

@@ -109,8 +109,9 @@ def run_heatmap(run_dir: Path, slide_id: str, slide_path: Path, *, fold: int | N
     write_record(out_dir / "provenance", command="heatmap",
                  config={"run": run_dir, "slide_id": slide_id, "fold": k, "head": head,
                          "features_dir": features_dir, "device": device},
-                 inputs=[Path(slide_path), *model_files(run_dir, [k], head == "linear_probe"),
+                 inputs=[*model_files(run_dir, [k], head == "linear_probe"),
                          bag_path(features_dir, slide_id)],
+                 slides=[(slide_id, Path(slide_path))],
                  outputs=paths, name=f"heatmap-{slide_id}.json")
     return paths
 

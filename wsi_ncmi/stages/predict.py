@@ -142,13 +142,14 @@ def predict_slides(jobs: list[SlideJob], out_dir: Path, config: PredictConfig,
     csv_path = merge_predictions(out_dir, key, predictor.classes, config.review_threshold)
     finished = [j for j in mine if j.slide_id in summary.complete]
     outputs = [csv_path] + [p for j in finished for p in step.outputs(j.slide_id)]
-    inputs = [j.path for j in finished] + files + [Path(config.run) / FEATURES]
+    inputs = files + [Path(config.run) / FEATURES]
     inputs += [encoder.weights_path] if encoder.weights_path else []
     tag = record_tag(jobs, shard)
     record = write_record(out_dir / "provenance", command="predict",
                           config={**asdict(config), "shard": shard, "feature_settings": settings,
                                   "probe_seed": PROBE_SEED},
-                          inputs=inputs, outputs=outputs, name=f"predict-{tag}.json")
+                          inputs=inputs, slides=[(j.slide_id, j.path) for j in finished],
+                          outputs=outputs, name=f"predict-{tag}.json")
     return PredictOutcome(summary, csv_path, record)
 
 

@@ -1,41 +1,35 @@
 """Provenance records: which files, code, settings and machine produced a result.
 
 Every command that writes results calls :func:`write_record`, which writes one JSON record
-beside them; ``wsi-ncmi verify`` (:func:`verify_record`) re-checks it later.
+beside them; ``wsi-ncmi verify`` (:mod:`wsi_ncmi.stages.verify`) re-checks it later.
 
 A record holds: the command and its command line, the resolved config, package versions
 (incl. the OpenSlide C library), the git commit and dirty flag of the ``wsi_ncmi`` source
 checkout (absent when not run from one), the device, the seeds, and every input and output
-file with its size (bytes), modification time (UTC) and checksum. No host name is recorded,
-and paths under the user's home folder are written as ``~/…``.
+file with its size (bytes), modification time (UTC) and fingerprint
+(:func:`~wsi_ncmi.checksums.fingerprint_file`). No host name is recorded, and paths under the
+user's home folder are written as ``~/…``.
 
-Fingerprints (``checksum`` = ``"<mode>:<hex>"``):
+Slides are recorded apart (``slides``: slide id, file *name* and fingerprint), never with their
+folder: a folder path can carry a label (BRACS files sit in ``Group_MT/Type_IC/``). For the same
+reason, any argument of the command line or value of the config that is a slide file or a
+folder holding one is written as ``<slides>``. ``verify --slide-root DIR`` finds slides by name
+under ``DIR``.
 
-- ``sha256``: SHA-256 of the whole file. Exact, but reads every byte (seconds per GB).
-- ``quick`` (default): SHA-256 over the file size, the SHA-256 of its first and of its last
-  :data:`QUICK_BLOCK` bytes (1 MiB; a file of at most 2 MiB is thus hashed whole) and, for a
-  file OpenSlide opens as a slide, OpenSlide's ``openslide.quickhash-1`` property (a hash of
-  the slide's lowest-resolution pixel data and its metadata, computed by OpenSlide itself).
-  It reads about 2 MiB plus the smallest pyramid level, whatever the slide's size. It catches
-  a swapped, truncated, re-exported or re-scanned file: each changes the size, the TIFF header
-  or tail blocks, or the overview pixels. It does not catch an edit confined to the middle of
-  a file that keeps its size (for a slide: one that leaves the lowest level and metadata
-  alone); use ``sha256`` where that matters.
-
-Where files are looked for by :func:`verify_record`: inputs at their recorded absolute path;
-outputs relative to the record's folder (so a moved or copied run folder still verifies).
-A changed modification time alone is not drift (copies often reset it); the content is.
+Where files are looked for by :func:`~wsi_ncmi.stages.verify.verify_record`: outputs relative
+to the record's folder; inputs inside the record's *scope* (the run folder for run records) at
+that relative place too, so a copied run folder verifies against its own files; other inputs at
+their recorded path.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -43,51 +37,17 @@ from typing import Any
 
 from .. import __version__
 from ..atomic import write_json
-from ..checksums import file_sha256
-from ..errors import InputError
+from ..checksums import FINGERPRINT_MODES, fingerprint_file
 from ..slides.access import SLIDE_EXTENSIONS
 
 RECORD_KIND = "wsi-ncmi provenance"
-SCHEMA_VERSION = 1
-FINGERPRINT_MODES = ("quick", "sha256")
-QUICK_BLOCK = 1 << 20
+SCHEMA_VERSION = 2
 GIT_TIMEOUT_S = 5.0
 MAX_CHANGED_LISTED = 50
+REDACTED = "<slides>"
 # Distributions whose versions decide the numbers (import name is never needed: metadata only).
 PACKAGES = ("wsi-ncmi", "torch", "timm", "h5py", "numpy", "scikit-learn", "pandas",
             "openslide-python", "openslide-bin")
-# Only files with a slide extension are offered to OpenSlide for a quickhash.
-SLIDE_SUFFIXES = frozenset(SLIDE_EXTENSIONS)
-
-
-def fingerprint_file(path: str | Path, mode: str = "quick", block: int = QUICK_BLOCK) -> dict:
-    """Size (bytes), mtime (ISO 8601, UTC) and checksum of one file.
-
-    ``mode`` is ``quick`` or ``sha256`` (see the module docstring); ``block`` is the head/tail
-    length of the quick mode, bytes. Slides also get ``openslide_quickhash1`` in quick mode
-    (None when the file has a slide extension but OpenSlide cannot open it).
-    """
-    if mode not in FINGERPRINT_MODES:
-        raise ValueError(f"fingerprint mode must be one of {FINGERPRINT_MODES}, got {mode!r}")
-    path = Path(path)
-    st = path.stat()
-    entry: dict[str, Any] = {
-        "size": st.st_size,
-        "mtime": datetime.fromtimestamp(st.st_mtime, UTC).isoformat(timespec="microseconds"),
-    }
-    if mode == "sha256":
-        entry["checksum"] = f"sha256:{file_sha256(path)}"
-        return entry
-    digest = hashlib.sha256(st.st_size.to_bytes(8, "little"))
-    for part in _head_tail(path, st.st_size, block):
-        digest.update(hashlib.sha256(part).digest())
-    if path.suffix.lower() in SLIDE_SUFFIXES:
-        quickhash = _openslide_quickhash(path)
-        entry["openslide_quickhash1"] = quickhash
-        digest.update((quickhash or "").encode())
-    entry["checksum"] = f"quick:{digest.hexdigest()}"
-    entry["quick_block"] = block
-    return entry
 
 
 def package_versions() -> dict[str, str | None]:
@@ -152,8 +112,10 @@ def write_record(
     *,
     command: str,
     config: dict,
-    inputs: list[Path],
-    outputs: list[Path],
+    inputs: Sequence[Path],
+    outputs: Sequence[Path],
+    slides: Sequence[tuple[str, Path]] = (),
+    scope: Path | None = None,
     seeds: dict | None = None,
     fingerprint: str = "quick",
     name: str = "provenance.json",
@@ -161,144 +123,89 @@ def write_record(
     """Write ``out_dir/name`` (atomically) recording how ``outputs`` were made; return its path.
 
     ``command`` names the command (e.g. ``tile``); the process's command line is recorded too.
-    ``config`` is the resolved config; ``seeds`` maps a seed's role to its value;
-    ``fingerprint`` is ``quick`` or ``sha256`` (module docstring). A listed file that does not
-    exist is recorded as ``"missing": true``.
+    ``config`` is the resolved config; ``slides`` the (slide id, file) pairs read (recorded by
+    file name, see the module docstring); ``scope`` a folder whose inputs are also recorded
+    relative to the record (the run folder); ``seeds`` maps a seed's role to its value;
+    ``fingerprint`` is ``quick`` or ``sha256``. A listed file that does not exist is recorded as
+    ``"missing": true``.
     """
     if fingerprint not in FINGERPRINT_MODES:
         raise ValueError(f"fingerprint must be one of {FINGERPRINT_MODES}, got {fingerprint!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record_dir = out_dir.resolve()
+    scope = Path(scope).resolve() if scope is not None else record_dir
+    slide_paths = [Path(p).expanduser().resolve() for _, p in slides]
     record = {
         "record": RECORD_KIND,
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command,
-        "argv": [_portable_text(a) for a in sys.argv],
-        "config": _plain(config),
+        "argv": [_redact(_portable_text(a), slide_paths) for a in sys.argv],
+        "config": _redact_all(_plain(config), slide_paths),
         "versions": package_versions(),
         "git": git_state(),
         "device": device_info(),
         "seeds": _plain(seeds or {}),
         "fingerprint": fingerprint,
-        "inputs": [_file_entry(p, fingerprint, None) for p in _unique(inputs)],
-        "outputs": [_file_entry(p, fingerprint, record_dir) for p in _unique(outputs)],
+        "inputs": [_file_entry(p, fingerprint, record_dir, scope) for p in _unique(inputs)],
+        "slides": [_slide_entry(sid, p, fingerprint) for sid, p in dict(slides).items()],
+        "outputs": [_file_entry(p, fingerprint, record_dir, record_dir)
+                    for p in _unique(outputs)],
     }
     path = out_dir / name
     write_json(path, record)
     return path
 
 
-def read_record(record_path: Path) -> dict:
-    """A provenance record's contents; :class:`InputError` when it is not one."""
-    record_path = Path(record_path)
-    try:
-        record = json.loads(record_path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{record_path}: provenance record not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{record_path}: not a readable JSON provenance record "
-                         f"({' '.join(str(exc).split())})") from None
-    if not _is_record(record):
-        raise InputError(f"{record_path}: not a wsi-ncmi provenance record")
-    return record
+def is_record(obj: Any) -> bool:
+    """Whether a parsed JSON value is a provenance record."""
+    return isinstance(obj, dict) and obj.get("record") == RECORD_KIND
 
 
-def verify_record(record_path: Path) -> list[str]:
-    """Re-fingerprint every file of a record; one line per drifted, missing or unexpectedly
-    present file (empty list: all files as recorded). Outputs are looked for relative to the
-    record's folder, inputs at their recorded path."""
-    record_path = Path(record_path)
-    record = read_record(record_path)
-    record_dir = record_path.resolve().parent
-    problems = []
-    for role in ("inputs", "outputs"):
-        for entry in record.get(role, []):
-            problem = _entry_problem(entry, role[:-1], record_dir)
-            if problem:
-                problems.append(problem)
-    return problems
-
-
-def find_records(path: Path) -> list[Path]:
-    """``path`` itself when a file; for a folder, the records among its ``*.json`` files and
-    those of its ``provenance/`` subfolder. :class:`InputError` when there are none."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise InputError(f"{path}: no such file or folder")
-    candidates = sorted(path.glob("*.json")) + sorted((path / "provenance").glob("*.json"))
-    found = [p for p in candidates if _is_record_file(p)]
-    if not found:
-        raise InputError(f"{path}: no provenance record (*.json) here or in provenance/")
-    return found
-
-
-def _entry_problem(entry: dict, role: str, record_dir: Path) -> str | None:
-    shown = entry.get("path", "?")
-    if entry.get("relative") is not None:
-        where = record_dir / entry["relative"]
-    else:
-        where = Path(shown).expanduser()
-    if entry.get("missing"):
-        return f"{role} {shown}: absent when recorded, present now" if where.exists() else None
-    if not where.is_file():
-        looked = "" if str(where) == shown else f" (looked for {where})"
-        return f"{role} {shown}: missing{looked}"
-    mode = entry.get("checksum", ":").split(":", 1)[0]
-    if mode not in FINGERPRINT_MODES:
-        return f"{role} {shown}: record has no usable checksum ({entry.get('checksum')!r})"
-    now = fingerprint_file(where, mode, entry.get("quick_block", QUICK_BLOCK))
-    if now["size"] != entry.get("size"):
-        return f"{role} {shown}: size changed ({entry.get('size')} → {now['size']} bytes)"
-    if now["checksum"] == entry["checksum"]:
-        return None
-    if now.get("openslide_quickhash1") != entry.get("openslide_quickhash1"):
-        return (f"{role} {shown}: OpenSlide quickhash differs (slide swapped, re-scanned or "
-                "re-exported)")
-    return f"{role} {shown}: content changed ({mode} checksum differs)"
-
-
-def _file_entry(path: Path, mode: str, record_dir: Path | None) -> dict:
+def _file_entry(path: Path, mode: str, record_dir: Path, scope: Path) -> dict:
     path = Path(path).expanduser().resolve()
-    entry: dict[str, Any] = {"path": _portable_text(str(path))}
-    if record_dir is not None:
-        entry["relative"] = os.path.relpath(path, record_dir)
     if path.is_dir():
         raise ValueError(f"{path}: provenance records files, not folders")
+    entry: dict[str, Any] = {"path": _portable_text(str(path))}
+    if path.is_relative_to(scope):
+        entry["relative"] = os.path.relpath(path, record_dir)
     if not path.exists():
         return {**entry, "missing": True}
-    return {**entry, **fingerprint_file(path, mode)}
+    return {**entry, **fingerprint_file(path, mode, quickhash=_is_slide(path))}
 
 
-def _head_tail(path: Path, size: int, block: int) -> tuple[bytes, bytes]:
-    """First ``block`` bytes and the last ``block`` bytes after them (non-overlapping: a
-    file of ≤ 2 × ``block`` bytes is covered whole)."""
-    head_len = min(size, block)
-    tail_len = min(size - head_len, block)
-    with open(path, "rb") as f:
-        head = f.read(head_len)
-        f.seek(size - tail_len)
-        tail = f.read(tail_len)
-    return head, tail
+def _slide_entry(slide_id: str, path: Path, mode: str) -> dict:
+    path = Path(path)
+    entry: dict[str, Any] = {"slide_id": slide_id, "name": path.name}
+    if not path.is_file():
+        return {**entry, "missing": True}
+    return {**entry, **fingerprint_file(path, mode, quickhash=True)}
 
 
-def _openslide_quickhash(path: Path) -> str | None:
-    """OpenSlide's ``openslide.quickhash-1`` of a slide; None when OpenSlide (the Python
-    package or the C library) is unavailable or the file is not a slide it opens."""
+def _is_slide(path: Path) -> bool:
+    return path.name.lower().endswith(SLIDE_EXTENSIONS)
+
+
+def _redact(text: str, slide_paths: Sequence[Path]) -> str:
+    """``text``, or :data:`REDACTED` when it names a slide file or a folder holding one."""
+    if not slide_paths or not text or text.startswith("-"):
+        return text
     try:
-        import openslide
-    except (ImportError, OSError):
-        return None
-    try:
-        if openslide.OpenSlide.detect_format(str(path)) is None:
-            return None
-        with openslide.OpenSlide(str(path)) as slide:
-            return slide.properties.get("openslide.quickhash-1")
-    except (OSError, openslide.OpenSlideError):
-        return None
+        path = Path(text).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return text
+    if any(p == path or p.is_relative_to(path) for p in slide_paths) and path != Path("/"):
+        return REDACTED
+    return text
+
+
+def _redact_all(obj: Any, slide_paths: Sequence[Path]) -> Any:
+    if isinstance(obj, dict):
+        return {k: _redact_all(v, slide_paths) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_redact_all(v, slide_paths) for v in obj]
+    return _redact(obj, slide_paths) if isinstance(obj, str) else obj
 
 
 def _openslide_library() -> str | None:
@@ -356,16 +263,5 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
-def _unique(paths: list[Path]) -> list[Path]:
+def _unique(paths: Sequence[Path]) -> list[Path]:
     return list(dict.fromkeys(Path(p).expanduser().resolve() for p in paths))
-
-
-def _is_record(obj: Any) -> bool:
-    return isinstance(obj, dict) and obj.get("record") == RECORD_KIND
-
-
-def _is_record_file(path: Path) -> bool:
-    try:
-        return _is_record(json.loads(path.read_text()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False

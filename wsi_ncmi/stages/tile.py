@@ -134,7 +134,8 @@ def tile_slides(
     complete = sorted(summary.complete)
     write_record(workspace / "provenance", command="tile",
                  config={**asdict(config), "shard": shard},
-                 inputs=[j.path for j in jobs if j.slide_id in summary.complete],
+                 inputs=[],
+                 slides=[(j.slide_id, j.path) for j in jobs if j.slide_id in summary.complete],
                  outputs=[p for sid in complete for p in outputs_for(workspace, sid).values()],
                  name=f"tile-{record_tag(jobs, shard)}.json")
     return summary

@@ -85,7 +85,7 @@ def train_run(config: dict, out_dir: Path, features_dir: Path, manifest: Path, *
         state = {k: v.detach().cpu().contiguous() for k, v in trained.model.state_dict().items()}
         outputs += write_fold(fold_dir(out_dir, fold["fold"]), state, trained.meta,
                               trained.history, trained.embeddings)
-    write_record(out_dir, command=command, config=cfg,
+    write_record(out_dir, command=command, config=cfg, scope=out_dir,
                  inputs=[Path(manifest), *map(Path, config_files),
                          *(info.path for info in infos.values())],
                  outputs=outputs, seeds={"seed": cfg["seed"]})
