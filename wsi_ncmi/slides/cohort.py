@@ -45,7 +45,7 @@ from .synthetic import (
 
 # Raise when a change makes the same spec and seed write different slides: it invalidates
 # cohorts that write_cohort would otherwise reuse.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 VENDORS = {"tiff": "generic-tiff", "svs": "aperio", "dicom": "dicom"}
 TRUTH_COLUMNS = (
     "slide_id", "path", "label", "patient_id", "centre", "format", "vendor", "width", "height",
@@ -275,13 +275,17 @@ def _plan_slide(spec: CohortSpec, rng: np.random.Generator, k: int, j: int, cent
     # a bad file's size does not matter: keep it cheap to write
     width_mm = max(lo if damage else drawn_mm, 2.5 * (lesion_um or 0) / 1000)
     width = round(width_mm * 1000 / centre.mpp)
+    height = round(width * rng.uniform(*spec.aspect))
+    fmt = formats[index % len(formats)]
+    downsamples = centre.pyramids[index % len(centre.pyramids)]
+    if fmt == "dicom":  # wsidicom needs every level to be an exact integer downsample
+        step = max(downsamples)
+        width, height = (max(step, v // step * step) for v in (width, height))
     record_mpp = not (centre.no_mpp_every and index % centre.no_mpp_every == 0)
     return SlidePlan(
         slide_id=f"{centre.name}_p{k:03d}_s{j}", patient_id=f"p{k:03d}", centre=centre.name,
-        label=cls.label, split=split, format=formats[index % len(formats)], width=width,
-        height=round(width * rng.uniform(*spec.aspect)), mpp=centre.mpp,
-        record_mpp=record_mpp or formats[index % len(formats)] == "dicom",
-        downsamples=centre.pyramids[index % len(centre.pyramids)],
+        label=cls.label, split=split, format=fmt, width=width, height=height, mpp=centre.mpp,
+        record_mpp=record_mpp or fmt == "dicom", downsamples=downsamples,
         tile=centre.tiles[index % len(centre.tiles)],
         quality=int(rng.integers(centre.quality[0], centre.quality[1] + 1)),
         stain=centre.stain.jittered(rng, spec.stain_jitter), lesion_kind=cls.kind,

@@ -169,14 +169,14 @@ def write_eval_record(out_dir: Path, run_dir: Path, data: RunData, split: str,
     feature files read, the slides drawn under heatmaps, the eval ``settings`` and the files
     written. The run folder is the record's scope: a copied run verifies its own files."""
     folds = [int(f["fold"]) for f in data.splits["folds"] if f[split]]
-    slides = dict.fromkeys(s for f in data.splits["folds"] if f[split]
-                           for part in ("train", split) for s in f[part])
+    bags = dict.fromkeys(s for f in data.splits["folds"] if f[split]
+                         for part in ("train", split) for s in f[part])
     return write_record(
         out_dir, command="eval", slides=slides, scope=run_dir,
         config={"run": str(run_dir), "split": split, **settings,
                 "features_dir": str(data.features_dir), "manifest": str(data.manifest)},
         inputs=[*model_files(run_dir, folds, probe=False), data.manifest,
-                *(bag_path(data.features_dir, s) for s in slides)],
+                *(bag_path(data.features_dir, s) for s in bags)],
         outputs=outputs, seeds={"bootstrap": settings["seed"], "probe_cv": settings["seed"]})
 
 

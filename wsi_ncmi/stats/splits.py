@@ -110,8 +110,12 @@ def _kfold(df: pd.DataFrame, y: np.ndarray, k: int, val_fraction: float, seed: i
     if len(set(groups)) < k:
         raise InputError(f"kfold: {len(set(groups))} patient(s) cannot fill {k} folds")
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    try:
+        parts = list(splitter.split(np.zeros(len(df)), y, groups))
+    except ValueError as exc:  # a class too small for k folds
+        raise InputError(f"kfold with k = {k}: {exc} (lower split.k)") from None
     folds = []
-    for i, (rest, test) in enumerate(splitter.split(np.zeros(len(df)), y, groups)):
+    for i, (rest, test) in enumerate(parts):
         train, val = _carve_val(rest, y, groups, val_fraction, seed + i)
         folds.append(_fold_record(df, i, train, val, test))
     return folds
@@ -144,17 +148,24 @@ def _logo(df: pd.DataFrame, y: np.ndarray, column: str, val_fraction: float, see
 
 def _carve_val(rest: np.ndarray, y: np.ndarray, groups: np.ndarray, val_fraction: float,
                seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split row indices ``rest`` into train and a patient-grouped, stratified val share."""
+    """Split row indices ``rest`` into train and a patient-grouped val share, stratified by
+    each patient's most frequent class: per class, ``round(val_fraction × patients)`` of its
+    patients (at least one when it has two or more; none when it has one, so that no class
+    leaves the training part), drawn with ``seed``."""
     if val_fraction == 0:
         return rest, rest[:0]
-    n_splits = max(2, round(1 / val_fraction))
-    n_patients = len(set(groups[rest]))
-    if n_patients < n_splits:
-        raise InputError(f"{n_patients} patient(s) left for training cannot give a "
-                         f"validation share of {val_fraction}")
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    train, val = next(splitter.split(np.zeros(len(rest)), y[rest], groups[rest]))
-    return rest[train], rest[val]
+    rng = np.random.default_rng(seed)
+    patient_class: dict[str, int] = {}
+    for patient in sorted(set(groups[rest])):
+        classes, counts = np.unique(y[rest][groups[rest] == patient], return_counts=True)
+        patient_class[patient] = int(classes[np.argmax(counts)])
+    val: set[str] = set()
+    for cls in sorted(set(patient_class.values())):
+        members = [p for p, c in patient_class.items() if c == cls]
+        take = 0 if len(members) < 2 else max(1, round(val_fraction * len(members)))
+        val.update(rng.permutation(members)[:take].tolist())
+    in_val = np.isin(groups[rest], list(val))
+    return rest[~in_val], rest[in_val]
 
 
 def _fold_record(df: pd.DataFrame, i: int, train: np.ndarray, val: np.ndarray,
