@@ -3,12 +3,12 @@ with the project's SLURM profile (pipelines/profiles/slurm) and a second profile
 what this small cluster needs (1 thread and 1 GB per job, the account, status checks every
 second instead of every 40 s).
 
-One scenario, run once for the module (a cluster and a few dozen job starts take minutes):
+One scenario, run once for the module (a cluster start and fifteen SLURM jobs take minutes):
 
 1. ``all`` on four slides of different sizes and µm/px, one of them not a slide, with
    ``--retries 0``; the extract job of the largest slide is cancelled with ``scancel`` while it
    runs;
-2. the broken slide replaced by a real one, and the same command again (the profile as is);
+2. the broken slide replaced by a real one, and the same command without ``--retries 0``;
 3. the ``predict`` target for two slides with the run just trained;
 4. meanwhile, the same cohort (s3 a slide from the start) and targets with the local profile,
    to compare the outputs.
