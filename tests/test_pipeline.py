@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,32 +13,17 @@ import yaml
 
 pytest.importorskip("snakemake")
 
+from workflow import LOCAL, PIPELINES, job_counts, snakemake  # noqa: E402
+
 from wsi_ncmi.model.encoders import save_seeded_checkpoint  # noqa: E402
 from wsi_ncmi.slides.synthetic import write_synthetic_slide  # noqa: E402
 
-PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
-# A CPU-only test machine with 2 cores: one thread per job, two GPU-class jobs at once.
-LOCAL = ["--profile", str(PIPELINES / "profiles" / "local"), "--cores", "2",
-         "--set-threads", "extract=1", "train=1", "eval=1", "predict_slide=1",
-         "--resources", "gpu=2"]
 # slide id, file name, label, split, lesion; s2's file name differs from its id and its file
 # has no µm/px (the manifest gives it).
 SLIDES = [("s0", "s0.tif", "negative", "train", None),
           ("s1", "s1.tif", "positive", "train", "dense"),
           ("s2", "scan_0002.tif", "positive", "test", "glands"),
           ("s3", "s3.tif", "negative", "test", None)]
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run snakemake in ``workdir`` (relative paths in the configs are relative to it)."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(PIPELINES / "Snakefile"), *args]
-    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """Rule → job count from the "Job stats" table Snakemake prints before running."""
-    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
 
 
 def write_slide(folder: Path, index: int) -> None:
