@@ -25,12 +25,12 @@ HAS_DICOM = importlib.util.find_spec("wsidicomizer") is not None
 CLASSES = "[negative, itc, micro, macro]"
 
 
-def run_pipeline(cohort: Cohort, root: Path, tile_size: int, epochs: int) -> dict:
+def run_pipeline(cohort: Cohort, root: Path, mpp: float, tile_size: int, epochs: int) -> dict:
     """Run every stage through the CLI; return what the checks and the summary need."""
     t0 = time.perf_counter()
     ws, manifest = root / "ws", cohort.manifest
     save_seeded_checkpoint("test_resnet", root / "enc.safetensors", seed=0)
-    tiled = run_cli("tile", "--manifest", manifest, "--out", ws, "--mpp", "0.5", "--tile-size",
+    tiled = run_cli("tile", "--manifest", manifest, "--out", ws, "--mpp", mpp, "--tile-size",
                     tile_size, check=False)
     extracted = run_cli("extract", "--manifest", manifest, "--out", ws, "--encoder",
                         "test_resnet", "--weights", root / "enc.safetensors", check=False)
@@ -80,7 +80,7 @@ def small(tmp_path_factory) -> tuple[Cohort, dict]:
     spec = camelyon_like(patients=20, slides_per_patient=1, size_scale=0.1,
                          width_mm=(0.5, 0.8), dicom=HAS_DICOM)
     cohort = write_cohort(spec, root / "cohort", seed=0)
-    return cohort, run_pipeline(cohort, root, tile_size=64, epochs=6)
+    return cohort, run_pipeline(cohort, root, mpp=1.0, tile_size=64, epochs=6)
 
 
 def test_bad_files_fail_alone(small):
@@ -98,10 +98,10 @@ def test_features_agree_on_settings_and_record_each_slides_facts(small):
     _, result = small
     record = json.loads((result["ws"].parent / "runs" / "ncmi" / "features.json").read_text())
     settings, facts = record["settings"], record["facts"]
-    assert settings["tiling"]["seg_mpp"] == 16.0 and settings["tiling"]["target_mpp"] == 0.5
+    assert settings["tiling"]["seg_mpp"] == 16.0 and settings["tiling"]["target_mpp"] == 1.0
     assert facts["n_slides"] == 20 and len(facts["levels_read"]) >= 2
     assert facts["resized_slides"] >= 1
-    assert facts["input_mpp"]["min"] < facts["input_mpp"]["max"] <= 0.5 * 1.05
+    assert facts["input_mpp"]["min"] < facts["input_mpp"]["max"] <= 1.0 * 1.05
     assert facts["slide_width"][0] < facts["slide_width"][1]
 
 
@@ -131,6 +131,6 @@ def test_larger_heterogeneous_cohort(tmp_path):
     spec = camelyon_like(patients=40, slides_per_patient=2, size_scale=0.25,
                          width_mm=(1.0, 2.0), dicom=HAS_DICOM)
     cohort = write_cohort(spec, tmp_path / "cohort", seed=1, workers=2)
-    result = run_pipeline(cohort, tmp_path, tile_size=128, epochs=30)
+    result = run_pipeline(cohort, tmp_path, mpp=0.5, tile_size=128, epochs=30)
     assert result["failed"] == {t["slide_id"] for t in cohort.slides if t["damage"]}
     print("\n" + summary(cohort, result))

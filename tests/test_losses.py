@@ -386,3 +386,9 @@ def test_ncmi_measure_of_perfect_clusters_is_zero_and_absent_classes_are_skipped
     assert got["gamma"] == pytest.approx(kl(p[3], p[0]))
     assert got["ncmi"] == pytest.approx(0.0, abs=1e-12)
     assert np.isnan(ncmi_measure(p[:3], y[:3], 3)["gamma"])
+
+
+def test_the_torch_free_list_of_loss_names_is_the_registry():
+    from wsi_ncmi.model.lossnames import LOSS_NAMES
+
+    assert loss_names() == sorted(LOSS_NAMES)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from ...errors import InputError
+from ..lossnames import LOSS_NAMES
 
 LOSSES: dict[str, type[SlideLoss]] = {}
 
@@ -119,7 +120,10 @@ class SlideLoss(nn.Module, ABC):
 
 
 def register(cls: type[SlideLoss]) -> type[SlideLoss]:
-    """Class decorator: make a loss available to :func:`get_loss` under ``cls.name``."""
+    """Class decorator: make a loss available to :func:`get_loss` under ``cls.name`` (a name
+    of :data:`~wsi_ncmi.model.lossnames.LOSS_NAMES`)."""
+    if cls.name not in LOSS_NAMES:
+        raise RuntimeError(f"loss {cls.name!r} is missing from wsi_ncmi.model.lossnames")
     LOSSES[cls.name] = cls
     return cls
 
