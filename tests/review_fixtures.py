@@ -1,4 +1,5 @@
-"""Inputs for the review page from real synthetic slides, for tests and the benchmark.
+"""Inputs for the review page from real synthetic slides, for tests and the benchmark, and
+the helpers the page's browser tests share (the ``browser`` fixture is in ``conftest.py``).
 
 Each slide is generated, tiled by the real tile stage (tile squares and the tissue GeoJSON)
 and given a Deep Zoom pyramid; its attention is higher on tiles whose centre lies on the
@@ -8,8 +9,11 @@ true class (the lesion kind).
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from wsi_ncmi.formats.tilefile import read_tile_file
@@ -21,6 +25,8 @@ from wsi_ncmi.stats.reviewpage import ReviewSlide, polygons_from_geojson
 CLASSES = ["dense", "glands"]
 MPP = 0.25
 REVIEW_THRESHOLD = 0.8
+#: the synthetic slides' stroma colour (RGB): where the slide image is drawn
+STROMA = np.array([232, 168, 204])
 
 
 def review_inputs(root: Path, n: int, *, width: int = 2048, height: int = 1536,
@@ -68,3 +74,85 @@ def _lesion_attention(layout, coords: np.ndarray, side: int, rng) -> np.ndarray:
     logits = 3.0 * lesion[cy, cx] + rng.normal(0, 0.5, len(coords))
     weights = np.exp(logits - logits.max())
     return weights / weights.sum()
+
+
+def _js_json(path: Path, prefix: str) -> dict:
+    text = path.read_text()
+    assert text.startswith(prefix) and text.endswith(");\n" if prefix.endswith("(") else ";\n")
+    return json.loads(text[len(prefix):].rstrip("\n;").removesuffix(")"))
+
+
+def page_index(review: Path) -> dict:
+    """The page's ``data/index.js`` object."""
+    return _js_json(review / "data" / "index.js", "window.WSI_REVIEW = ")
+
+
+def page_slide(review: Path, n: int) -> dict:
+    """The data script of the page's slide ``n``."""
+    return _js_json(review / "data" / f"slide_{n:04d}.js", "WSIReview.receive(")
+
+
+def watch(tab) -> tuple[list[str], list[str], list[str]]:
+    """(console and page errors, finished request URLs, failed or ≥ 400 URLs) of ``tab``,
+    filled as it runs."""
+    errors, finished, failed = [], [], []
+    tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    tab.on("requestfinished", lambda r: finished.append(r.url))
+    tab.on("requestfailed", lambda r: failed.append(r.url))
+    tab.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+    return errors, finished, failed
+
+
+def canvas(tab) -> np.ndarray:
+    """The slide view as an (h×w×3) RGB int array."""
+    png = tab.locator("#view").screenshot()
+    return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1].astype(int)
+
+
+def wait_idle(tab) -> None:
+    """Wait for a frame to be drawn, then for its tiles (a selector: the page's
+    Content-Security-Policy forbids the eval that a JavaScript predicate would need)."""
+    tab.wait_for_timeout(100)
+    tab.locator("#view[data-idle='1']").wait_for(state="attached", timeout=15000)
+
+
+def tile_levels(finished: list[str]) -> set[int]:
+    """The pyramid levels of the requested tile URLs."""
+    return {int(m) for m in re.findall(r"_files/(\d+)/\d+_\d+\.jpeg", " ".join(finished))}
+
+
+def check_slide_view(tab, row_text: str, folder: str, finished: list[str]) -> None:
+    """Open the slide whose table row holds ``row_text`` and check its view: image tiles
+    load from ``folder`` only, the slide image draws (stroma colour), the attention overlay
+    toggles with ``o``, and zooming in (keys and wheel) makes the view draw from a deeper
+    pyramid level whose tiles it then loads (the gallery's thumbnails may have loaded some
+    of that level already: tile URLs alone cannot tell)."""
+    tab.locator("#slides tbody tr", has_text=row_text).click()
+    wait_idle(tab)
+    tiles = [u for u in finished if re.search(r"_files/\d+/\d+_\d+\.jpeg$", u)]
+    assert tiles and all(u.startswith(folder) for u in finished), "a request left the folder"
+    with_overlay = canvas(tab)
+    tab.locator("body").press("o")
+    assert not tab.locator("#overlay").is_checked()
+    wait_idle(tab)
+    slide_only = canvas(tab)
+    assert slide_only.std() > 10
+    assert (np.abs(slide_only - STROMA).max(-1) < 30).mean() > 0.01, "no tissue drawn"
+    assert np.abs(with_overlay - slide_only).mean() > 3, "overlay toggle changed nothing"
+    tab.locator("body").press("o")
+    fit_level = int(tab.locator("#view").get_attribute("data-level"))
+    n_requests = len(finished)
+    tab.locator("#view").focus()
+    for _ in range(3):
+        tab.keyboard.press("+")
+    box = tab.locator("#view").bounding_box()
+    tab.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    tab.mouse.wheel(0, -200)
+    wait_idle(tab)
+    level = int(tab.locator("#view").get_attribute("data-level"))
+    assert level > fit_level, "zooming in did not reach a deeper level"
+    assert level in tile_levels(finished), "the deeper level's tiles were not loaded"
+    new = tile_levels(finished[n_requests:])
+    assert new and new <= set(range(fit_level + 1, level + 1)), \
+        f"zooming in from level {fit_level} to {level} loaded tiles of levels {new}"

@@ -1,5 +1,6 @@
 """`wsi-ncmi predict` on generated slides with a model trained on the same kind of slides
-through the real pipeline (tile → extract with a tiny seeded encoder → train NCMI)."""
+through the real pipeline (tile → extract with a tiny seeded encoder → train NCMI), and the
+review pages of `predict` and `eval --review` (read back, and rendered in headless Chromium)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,20 @@ import numpy as np
 import pandas as pd
 import pytest
 from cli import run_cli
+from review_fixtures import check_slide_view, page_index, page_slide, watch
 
 from wsi_ncmi.errors import InputError
 from wsi_ncmi.formats.featurefile import feature_settings, read_features
 from wsi_ncmi.formats.runfolder import choose_folds
 from wsi_ncmi.model.encoders import save_seeded_checkpoint
 from wsi_ncmi.model.heads import fit_linear_probe, probe_proba, probe_record
+from wsi_ncmi.model.inference import load_fold, run_model
 from wsi_ncmi.slides.synthetic import write_synthetic_slide
 from wsi_ncmi.stages.extract import ExtractConfig, extract_slides
 from wsi_ncmi.stages.jobs import jobs_from_paths
 from wsi_ncmi.stages.tile import TileConfig, tile_slides
 from wsi_ncmi.stages.train import train_run
-from wsi_ncmi.stages.verify import verify_record
+from wsi_ncmi.stages.verify import read_record, verify_record
 
 W, H = 2048, 1536
 CLASSES = ["normal", "lesion"]
@@ -252,3 +255,136 @@ def test_hostile_slide_ids_fail_alone_and_write_nothing_outside(setup, tmp_path)
     written = [p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()]
     assert all(p.parts[:2] == ("w", "out") or p.name == "m.csv" for p in written), written
     assert not any("sub" in p.parts or "escape" in p.name for p in written)
+
+
+# --- the review page --------------------------------------------------------------------
+
+
+def page_links(review: Path, data: dict) -> dict[str, Path]:
+    return {link["label"]: review / link["href"] for link in data["links"]}
+
+
+def test_predict_writes_the_review_page(setup, tmp_path):
+    """The default run wrote OUT/review/: one row per predicted slide with the merged
+    table's numbers, the attention predict computed on the feature file's tiles, pyramids at
+    the default cap (1 µm/px of 0.25 µm/px slides: a quarter of level 0), the tissue outline,
+    links inside the folder, and no label anywhere; the folder works when copied alone."""
+    out = setup["out"]
+    review = out / "review"
+    pred = read_predictions(out).set_index("slide_id")
+    index = page_index(review)
+    assert [r["id"] for r in index["slides"]] == ["new_a", "new_b", "t0"]
+    assert index["classes"] == CLASSES and index["has_truth"] is False
+    copy = tmp_path / "copied_review"
+    shutil.copytree(review, copy)
+    for n, row in enumerate(index["slides"]):
+        sid = row["id"]
+        assert row["probabilities"] == pytest.approx(
+            pred.loc[sid, ["prob_normal", "prob_lesion"]].to_numpy(float), abs=1e-4)
+        assert (row["predicted"], row["review"]) == (pred.loc[sid, "predicted_class"],
+                                                     bool(pred.loc[sid, "review"]))
+        assert "truth" not in row and row["pyramid"] is True
+        record = json.loads((out / "predictions" / f"{sid}.json").read_text())
+        assert record["review"]["settings"] == {"finest_mpp": 1.0, "max_bytes": 64 * 2**20}
+        assert (record["review"]["downsample"], record["review"]["mpp"],
+                record["review"]["limited_by"]) == (4, 1.0, "resolution cap")
+        data = page_slide(review, n)
+        assert (data["level0"], data["mpp"]) == ([W, H], 0.25)
+        assert (data["pyramid"]["width"], data["pyramid"]["downsample"]) == (W // 4, 4)
+        _, coords, attrs = read_features(out / "features" / "test_resnet" / f"{sid}.h5")
+        assert (data["tiles"]["x"], data["tiles"]["y"]) == (coords[:, 0].tolist(),
+                                                            coords[:, 1].tolist())
+        assert set(data["tiles"]["side"]) == {int(attrs["patch_size_level0"])}
+        geojson = json.loads((out / "heatmaps" / f"{sid}.geojson").read_text())
+        attention = [f["properties"]["measurements"]["attention"] for f in geojson["features"]]
+        assert data["tiles"]["attention"] == pytest.approx(attention, rel=1e-5)
+        assert np.load(out / "predictions" / f"{sid}.attention.npy") == pytest.approx(attention)
+        assert data["tissue"] and data["tissue"][0][0]
+        links = page_links(review, data)
+        assert len(links) == 3
+        assert (links["attention tiles (GeoJSON, QuPath)"].read_bytes()
+                == (out / "heatmaps" / f"{sid}.geojson").read_bytes())
+        for path in [*page_links(copy, data).values(),
+                     copy / data["pyramid"]["url"] / "0" / "0_0.jpeg"]:
+            assert path.resolve().is_relative_to(copy.resolve()) and path.is_file()
+    for path in (review / "data").iterdir():
+        assert '"truth"' not in path.read_text()
+    outputs = {Path(e["path"]).resolve()
+               for e in read_record(out / "provenance" / "predict-all.json")["outputs"]}
+    assert {review.resolve() / "index.html", review.resolve() / "slides" / "t0.dzi"} <= outputs
+
+
+@pytest.fixture(scope="module")
+def fine_review(setup):
+    """A rerun asking for full-resolution review images (0.25 µm/px)."""
+    result = invoke(setup["run"], setup["new"], setup["out"], "--weights", setup["ckpt"],
+                    "--review-mpp", "0.25")
+    assert result.returncode == 0, result.output
+    return result
+
+
+def test_new_review_settings_redo_the_slides_on_the_same_features(setup, fine_review):
+    out = setup["out"]
+    assert "3 done, 0 already complete, 0 failed" in fine_review.output
+    record = json.loads((out / "predictions" / "new_a.json").read_text())
+    assert (record["review"]["downsample"], record["review"]["limited_by"]) == (1, "level 0")
+    assert page_slide(out / "review", 0)["pyramid"]["width"] == W
+    page = out / "review" / "index.html"
+    before = page.stat().st_mtime_ns
+    result = invoke(setup["run"], setup["new"], out, "--weights", setup["ckpt"], "--no-review")
+    assert "0 done, 3 already complete, 0 failed" in result.output
+    assert page.stat().st_mtime_ns == before
+    bad = invoke(setup["run"], setup["new"], out, "--weights", setup["ckpt"],
+                 "--review-max-mb", "0.01")
+    assert bad.returncode == 2 and "--review-max-mb" in bad.output
+
+
+def test_predict_review_page_in_chromium(setup, fine_review, browser, tmp_path_factory):
+    """The page predict wrote, from disk: a row per slide, the slide image draws, the
+    overlay toggles, zoom loads deeper tiles, the links resolve, and no console errors."""
+    page = setup["out"] / "review" / "index.html"
+    tab = browser.new_page(viewport={"width": 1280, "height": 720})
+    errors, finished, failed = watch(tab)
+    tab.goto(page.as_uri())
+    tab.wait_for_load_state("load")
+    assert tab.locator("#slides tbody tr").count() == 3
+    check_slide_view(tab, "new_a", page.parent.as_uri() + "/", finished)
+    hrefs = [a.get_attribute("href") for a in tab.locator("#links a").all()]
+    assert len(hrefs) == 3 and all((page.parent / h).is_file() for h in hrefs)
+    assert not failed and not errors, (failed, errors)
+    shot = tmp_path_factory.mktemp("artifacts") / "review_page_predict.png"
+    tab.screenshot(path=str(shot))
+    print(f"review page screenshot: {shot}")
+    tab.close()
+
+
+def test_eval_review_page(setup, tmp_path):
+    """``eval --review`` on the validation slides: true labels beside the linear probe's
+    probabilities (as eval's predictions.csv), the fold's own attention, slide images from
+    the manifest's paths under --slide-root and tissue outlines from the tile workspace; with
+    the slide files missing the page is still written, without images."""
+    run, root = setup["run"], setup["root"]
+    args = ["eval", run, "--split", "val", "--n-boot", "20", "--device", "cpu", "--review"]
+    run_cli(*args, "--slide-root", root / "train_slides")
+    review = run / "eval" / "val" / "review"
+    index = page_index(review)
+    assert index["has_truth"] is True and [r["id"] for r in index["slides"]] == ["t6", "t7"]
+    scores = pd.read_csv(run / "eval" / "val" / "predictions.csv").query(
+        "head == 'linear_probe'").set_index("slide_id")
+    loaded = load_fold(run / "fold_0", "cpu")
+    for n, (sid, truth) in enumerate([("t6", "normal"), ("t7", "lesion")]):
+        row, data = index["slides"][n], page_slide(review, n)
+        assert row["truth"] == truth == scores.loc[sid, "true_label"]
+        assert row["probabilities"] == pytest.approx(
+            scores.loc[sid, ["score_normal", "score_lesion"]].to_numpy(float), abs=1e-4)
+        attention = run_model(loaded, setup["ws"] / "features" / "test_resnet",
+                              [sid])["attention"][0]
+        assert data["tiles"]["attention"] == pytest.approx(attention, rel=1e-4, abs=1e-9)
+        assert data["level0"] == [W, H] and data["pyramid"]["width"] == W // 4
+        assert data["tissue"] and len(page_links(review, data)) == 2
+    assert verify_record(run / "eval" / "val" / "provenance.json").problems == []
+
+    run_cli(*args, "--slide-root", tmp_path)
+    index = page_index(review)
+    assert [r["pyramid"] for r in index["slides"]] == [False, False]
+    assert not (review / "slides").exists() and page_slide(review, 0)["tissue"]

@@ -10,8 +10,6 @@ from __future__ import annotations
 import http.server
 import json
 import math
-import os
-import re
 import shutil
 import threading
 from functools import partial
@@ -20,7 +18,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from review_fixtures import CLASSES, MPP, review_inputs
+from review_fixtures import (
+    CLASSES,
+    MPP,
+    canvas,
+    check_slide_view,
+    page_index,
+    page_slide,
+    review_inputs,
+    wait_idle,
+    watch,
+)
 
 from wsi_ncmi.errors import InputError
 from wsi_ncmi.slides.deepzoom import read_dzi, write_pyramid
@@ -29,9 +37,6 @@ from wsi_ncmi.stats.reviewpage import ReviewSlide, polygons_from_geojson, write_
 N_SLIDES = 3
 W, H = 2048, 1536
 ODD_ID = '<img src=x onerror="alert(1)">&amp;'
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-STROMA = np.array([232, 168, 204])
 
 
 @pytest.fixture(scope="module")
@@ -49,20 +54,6 @@ def page(inputs) -> Path:
                       tiles=[[0, 0, 256], [256, 0, 256]], attention=[0.25, 0.75])
     return write_review(review, [*slides, odd], CLASSES, "Night run <b>42</b>",
                         notes={"head": "linear probe"})
-
-
-def _js_json(path: Path, prefix: str) -> dict:
-    text = path.read_text()
-    assert text.startswith(prefix) and text.endswith(");\n" if prefix.endswith("(") else ";\n")
-    return json.loads(text[len(prefix):].rstrip("\n;").removesuffix(")"))
-
-
-def _index(out: Path) -> dict:
-    return _js_json(out / "data" / "index.js", "window.WSI_REVIEW = ")
-
-
-def _slide_data(out: Path, n: int) -> dict:
-    return _js_json(out / "data" / f"slide_{n:04d}.js", "WSIReview.receive(")
 
 
 def _copy_pyramids(inputs, dest: Path) -> Path:
@@ -138,12 +129,12 @@ def test_folder_holds_every_slide_and_its_data(inputs, page):
     out = page.parent
     for name in ("index.html", "assets/review.js", "assets/viewer.js", "assets/review.css"):
         assert (out / name).is_file()
-    index = _index(out)
+    index = page_index(out)
     assert index["classes"] == CLASSES and index["has_truth"] is True
     assert len(index["colormap"]) == 256
     assert [r["id"] for r in index["slides"]] == [s.slide_id for s in slides] + [ODD_ID]
     for n, (slide, pyramid) in enumerate(zip(slides, pyramids, strict=True)):
-        row, data = index["slides"][n], _slide_data(out, n)
+        row, data = index["slides"][n], page_slide(out, n)
         assert row["probabilities"] == pytest.approx(
             [slide.probabilities[c] for c in CLASSES], abs=1e-4)
         assert (row["review"], row["truth"], row["predicted"]) == (
@@ -161,7 +152,7 @@ def test_folder_holds_every_slide_and_its_data(inputs, page):
             pytest.approx(slide.tissue[0][0][0], abs=0.05)
         target = out / data["links"][0]["href"]
         assert target.resolve() == Path(slide.links["tissue outline (GeoJSON)"]).resolve()
-    assert _slide_data(out, N_SLIDES)["pyramid"] is None
+    assert page_slide(out, N_SLIDES)["pyramid"] is None
 
 
 def test_unlabelled_page_carries_no_label(inputs, tmp_path):
@@ -169,7 +160,7 @@ def test_unlabelled_page_carries_no_label(inputs, tmp_path):
     out = _copy_pyramids(inputs, tmp_path)
     unlabelled = [ReviewSlide(**{**s.__dict__, "true_label": None}) for s in slides]
     write_review(out, unlabelled, CLASSES, "predict")
-    assert _index(out)["has_truth"] is False
+    assert page_index(out)["has_truth"] is False
     for path in (out / "data").iterdir():
         assert '"truth"' not in path.read_text()
 
@@ -178,7 +169,7 @@ def test_ids_and_title_are_escaped(page):
     text = page.read_text()
     assert "Night run &lt;b&gt;42&lt;/b&gt;" in text and "<b>42" not in text
     assert "onerror" not in text
-    assert _index(page.parent)["slides"][-1]["id"] == ODD_ID
+    assert page_index(page.parent)["slides"][-1]["id"] == ODD_ID
     assert sorted(p.name for p in (page.parent / "data").iterdir()) == \
         ["index.js"] + [f"slide_{n:04d}.js" for n in range(N_SLIDES + 1)]
 
@@ -228,20 +219,6 @@ def test_tissue_polygons_come_back_from_geojson(tmp_path):
 # --- the page in a real browser ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser():
-    executable = os.environ.get("WSI_NCMI_CHROMIUM") or shutil.which("chromium")
-    if executable is None:
-        pytest.skip("no Chromium installed (Debian: apt-get install -y chromium); the review "
-                    "page's browser test needs it")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright is not installed (pip install -e '.[dev]')")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
@@ -258,28 +235,11 @@ def served(page):
     server.server_close()
 
 
-def _canvas(page) -> np.ndarray:
-    png = page.locator("#view").screenshot()
-    return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1].astype(int)
-
-
-def _wait_idle(page) -> None:
-    """Wait for a frame to be drawn, then for its tiles (a selector: the page's
-    Content-Security-Policy forbids the eval that a JavaScript predicate would need)."""
-    page.wait_for_timeout(100)
-    page.locator("#view[data-idle='1']").wait_for(state="attached", timeout=15000)
-
-
 @pytest.mark.parametrize("scheme", ["file", "http"])
 def test_page_in_chromium(browser, inputs, page, served, scheme, tmp_path_factory):
     url = page.as_uri() if scheme == "file" else served
     tab = browser.new_page(viewport={"width": 1280, "height": 720})
-    errors, finished, failed = [], [], []
-    tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    tab.on("pageerror", lambda e: errors.append(str(e)))
-    tab.on("requestfinished", lambda r: finished.append(r.url))
-    tab.on("requestfailed", lambda r: failed.append(r.url))
-    tab.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+    errors, finished, failed = watch(tab)
     tab.goto(url)
     tab.wait_for_load_state("load")
 
@@ -300,41 +260,16 @@ def test_page_in_chromium(browser, inputs, page, served, scheme, tmp_path_factor
     first = [rows.nth(i).locator("td").first.text_content() for i in range(len(wrong))]
     assert sorted(first) == sorted(wrong)
 
-    tab.locator("#slides tbody tr", has_text="S000").click()
-    _wait_idle(tab)
-    tiles = [u for u in finished if re.search(r"_files/\d+/\d+_\d+\.jpeg$", u)]
-    folder = url.rsplit("/", 1)[0] + "/"
-    assert tiles and all(u.startswith(folder) for u in finished), "a request left the folder"
-    with_overlay = _canvas(tab)
-    tab.locator("body").press("o")
-    assert not tab.locator("#overlay").is_checked()
-    _wait_idle(tab)
-    slide_only = _canvas(tab)
-    assert slide_only.std() > 10
-    assert (np.abs(slide_only - STROMA).max(-1) < 30).mean() > 0.01, "no tissue drawn"
-    assert np.abs(with_overlay - slide_only).mean() > 3, "overlay toggle changed nothing"
-    tab.locator("body").press("o")
-
-    def deepest() -> int:
-        return max(int(m) for m in re.findall(r"_files/(\d+)/", " ".join(finished)))
-
-    before = deepest()
-    tab.locator("#view").focus()
-    for _ in range(3):
-        tab.keyboard.press("+")
+    check_slide_view(tab, "S000", url.rsplit("/", 1)[0] + "/", finished)
+    before_drag = canvas(tab)
     box = tab.locator("#view").bounding_box()
-    tab.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    tab.mouse.wheel(0, -200)
-    _wait_idle(tab)
-    assert deepest() > before, "zooming in loaded no deeper level"
-    before_drag = _canvas(tab)
     tab.mouse.down()
     tab.mouse.move(box["x"] + box["width"] / 2 - 150, box["y"] + box["height"] / 2, steps=5)
     tab.mouse.up()
-    _wait_idle(tab)
-    assert np.abs(_canvas(tab) - before_drag).mean() > 3, "dragging did not pan"
+    wait_idle(tab)
+    assert np.abs(canvas(tab) - before_drag).mean() > 3, "dragging did not pan"
     tab.locator(".thumb").first.click()
-    _wait_idle(tab)
+    wait_idle(tab)
     assert not failed and not errors, (failed, errors)
     shot = tmp_path_factory.mktemp("artifacts") / f"review_page_{scheme}.png"
     tab.screenshot(path=str(shot))

@@ -34,6 +34,14 @@ def eval_command(
     slide_root: Annotated[Path | None, typer.Option(
         help="Folder the manifest's slide paths are relative to, for --heatmaps (default: "
         "the manifest's folder).")] = None,
+    review: Annotated[bool, typer.Option(
+        help="Write the review page eval/<split>/review/index.html: predictions beside true "
+        "labels, attention on zoomable slide images (slide files as for --heatmaps).")
+    ] = False,
+    review_mpp: Annotated[float, typer.Option(
+        help="Finest resolution of the review page's images (µm/px).")] = 1.0,
+    review_max_mb: Annotated[float, typer.Option(
+        help="Disk budget of one slide's review image (MiB).")] = 64.0,
     verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
 ) -> None:
     """Metrics with bootstrap intervals, predictions, plots and report.md for one split."""
@@ -41,13 +49,16 @@ def eval_command(
 
     from ..errors import InputError
     from ..stages.evaluate import evaluate_run
+    from ..stages.review import ReviewSettings
     from ..stats.reports import HEAD_NAMES, fmt_ci
 
     setup_logging(verbose)
     try:
         out = evaluate_run(run, split, features_dir, manifest, n_boot, seed,
                            probe_input=probe_input, device=device, heatmaps=heatmaps,
-                           slide_root=slide_root)
+                           slide_root=slide_root,
+                           review=ReviewSettings(review_mpp, round(review_max_mb * 2**20))
+                           if review else None)
     except InputError as exc:
         fail(exc)
     metrics = json.loads((out / "metrics.json").read_text())

@@ -50,6 +50,15 @@ def predict(
         "Default: cores − 1, at most 8.")] = None,
     batch_size: Annotated[int, typer.Option(help="Tiles per encoder forward pass (count).")
                           ] = 64,
+    review: Annotated[bool, typer.Option(
+        help="Write the review page OUT/review/index.html: the slides, their predictions and "
+        "attention on zoomable images (default: on).")] = True,
+    review_mpp: Annotated[float, typer.Option(
+        help="Finest resolution of the review page's images (µm/px; slides scanned coarser "
+        "keep their own).")] = 1.0,
+    review_max_mb: Annotated[float, typer.Option(
+        help="Disk budget of one slide's review image (MiB); finer levels that do not fit are "
+        "left out.")] = 64.0,
     manifest: ManifestOption = None,
     slide_root: SlideRootOption = None,
     shard: ShardOption = None,
@@ -60,6 +69,7 @@ def predict(
     from ..formats.runfolder import choose_folds
     from ..stages.jobs import select_jobs
     from ..stages.predict import PredictConfig, predict_slides
+    from ..stages.review import ReviewSettings
 
     setup_logging(verbose)
     try:
@@ -67,7 +77,9 @@ def predict(
         config = PredictConfig(run=model, folds=tuple(choose_folds(model, fold, all_folds)),
                                head=head, weights=weights, device=device,
                                review_threshold=review_threshold, fallback_mpp=fallback_mpp,
-                               workers=workers, batch_size=batch_size, download=download)
+                               workers=workers, batch_size=batch_size, download=download,
+                               review=ReviewSettings(review_mpp, round(review_max_mb * 2**20))
+                               if review else None)
         outcome = predict_slides(jobs, out, config, shard)
     except InputError as exc:
         fail(exc)

@@ -22,14 +22,15 @@ predict. With several folds the top-level values are means over folds (each fold
 its own output simplex, so pooling p across folds would mix spaces).
 
 Writes ``RUN/eval/<split>/``: ``metrics.json``, ``predictions.csv``,
-``confusion_<head>.png``, ``roc_<head>.png``, ``report.md`` (all atomically) and a
-``provenance.json`` record.
+``confusion_<head>.png``, ``roc_<head>.png``, ``report.md`` (all atomically), a
+``provenance.json`` record and, when asked, ``heatmaps/`` and the review page ``review/``
+(:mod:`wsi_ncmi.stages.review`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,7 @@ from ..stats.reports import render_eval_report
 from ..stats.simplex import centroid_scores, ncmi_measure, softmax
 from .heatmap import SlideCall, draw_heatmaps
 from .provenance import write_record
+from .review import EvalSlides, ReviewSettings, write_eval_review
 
 log = logging.getLogger("wsi_ncmi")
 
@@ -100,7 +102,7 @@ class FoldResult:
 def evaluate_run(run_dir: Path, split: str = "test", features_dir: Path | None = None,
                  manifest: Path | None = None, n_boot: int = 1000, seed: int = 0, *,
                  probe_input: str = "z", device: str = "auto", heatmaps: int = 0,
-                 slide_root: Path | None = None) -> Path:
+                 slide_root: Path | None = None, review: ReviewSettings | None = None) -> Path:
     """Evaluate every fold of the run in ``run_dir`` on ``split`` (train | val | test) and
     write ``run_dir/eval/<split>/``; return that folder.
 
@@ -110,7 +112,9 @@ def evaluate_run(run_dir: Path, split: str = "test", features_dir: Path | None =
     (NCMI runs only); ``device``: auto | cpu | cuda | cuda:N for running the model;
     ``heatmaps``: draw attention heatmaps of this many most confident slides (linear probe)
     into ``eval/<split>/heatmaps/``, their files found by the manifest's ``path`` column under
-    ``slide_root`` (:func:`wsi_ncmi.stages.heatmap.draw_heatmaps`).
+    ``slide_root`` (:func:`wsi_ncmi.stages.heatmap.draw_heatmaps`); ``review``: write the
+    review page ``eval/<split>/review/`` with these pyramid settings (None: no page), slide
+    files found the same way.
     """
     if split not in SPLIT_PARTS:
         raise InputError(f"split must be one of {', '.join(SPLIT_PARTS)}, got {split!r}")
@@ -127,16 +131,25 @@ def evaluate_run(run_dir: Path, split: str = "test", features_dir: Path | None =
     metrics = build_metrics(results, data, run_dir, split, n_boot, seed, probe_input)
     out_dir = eval_dir(run_dir, split)
     outputs = write_outputs(out_dir, results, data, metrics)
+    files = slide_files(data.manifest, slide_root) if heatmaps > 0 or review else {}
     slides_read: list[tuple[str, Path]] = []
     if heatmaps > 0:
         picks = most_confident(results, data.classes, heatmaps)
-        files = slide_files(data.manifest, slide_root)
-        outputs += draw_heatmaps(run_dir, picks, data.features_dir, files, out_dir / "heatmaps",
-                                 dev)
-        slides_read = [(sid, files[sid]) for _, sid, _ in picks if sid in files]
+        outputs += draw_heatmaps(run_dir, picks, data.features_dir, files,
+                                 out_dir / "heatmaps", dev)
+        slides_read += [(sid, files[sid]) for _, sid, _ in picks if sid in files]
+    if review is not None:
+        rows = [(r.fold, sid, r.scores["linear_probe"][i], data.classes[r.y[i]])
+                for r in results for i, sid in enumerate(r.slide_ids)]
+        outputs += write_eval_review(out_dir / "review", EvalSlides(
+            run_dir, split, data.classes, rows, data.features_dir, files,
+            out_dir / "heatmaps"), review, dev)
+        slides_read += [(sid, files[sid]) for _, sid, _, _ in rows
+                        if sid in files and files[sid].is_file()]
     write_eval_record(out_dir, run_dir, data, split, outputs,
                       {"n_boot": n_boot, "seed": seed, "probe_input": probe_input,
-                       "device": dev, "heatmaps": heatmaps}, slides_read)
+                       "device": dev, "heatmaps": heatmaps,
+                       "review": None if review is None else asdict(review)}, slides_read)
     return out_dir
 
 

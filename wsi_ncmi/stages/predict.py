@@ -11,8 +11,12 @@ probabilities mean: :mod:`wsi_ncmi.model.predictor`.
 The workspace ``OUT`` holds everything, so a rerun skips finished work at every step:
 ``tiles/``, ``previews/``, ``tissue/``, ``features/<encoder>/`` (as ``tile``/``extract``
 write them), ``heatmaps/<slide_id>.png|.geojson`` (:mod:`wsi_ncmi.stages.heatmap`),
-``predictions/<slide_id>.json`` (one record per slide), ``predictions.csv`` (merged),
-``ledger/predict/`` (:mod:`wsi_ncmi.stages.ledger`) and ``provenance/predict-<shard>.json``.
+``predictions/<slide_id>.json`` (one record per slide), ``predictions/<slide_id>.attention.npy``
+(the attention per tile, float64, feature-file row order; folds averaged),
+``predictions.csv`` (merged), ``review/`` (the review page, :mod:`wsi_ncmi.stages.review`;
+unless ``review`` is None), ``ledger/predict/`` (:mod:`wsi_ncmi.stages.ledger`) and
+``provenance/predict-<shard>.json``. The page and ``predictions.csv`` are rebuilt at the end of
+every run from the records of all shards.
 
 ``predictions.csv``: ``slide_id``, ``predicted_class``, ``prob_<class>`` per class (sum to
 1), ``head``, ``folds`` (``;``-separated), ``review`` (True when the top probability is below
@@ -28,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ..atomic import atomic_path, write_json
 from ..checksums import file_sha256
@@ -47,6 +53,19 @@ from .heatmap import SlideCall, write_heatmap
 from .jobs import SlideJob, record_tag, shard_jobs
 from .ledger import Ledger
 from .provenance import write_record
+from .review import (
+    DEFAULT_REVIEW_THRESHOLD,
+    ReviewSettings,
+    SlideFiles,
+    clear_links,
+    needs_review,
+    page_lock,
+    pyramid_path,
+    review_slide,
+    tile_file_facts,
+    write_page,
+    write_slide_pyramid,
+)
 from .runner import RunSummary, run_jobs
 from .tile import TileConfig, tile_complete, tile_slide
 
@@ -58,8 +77,6 @@ if TYPE_CHECKING:
     from .extract import ExtractConfig
 
 log = logging.getLogger("wsi_ncmi")
-
-DEFAULT_REVIEW_THRESHOLD = 0.8
 
 
 def tile_config_for(settings: dict, fallback_mpp: float | None = None) -> TileConfig:
@@ -80,7 +97,8 @@ class PredictConfig:
     (0–1) below which a slide is flagged for review; ``fallback_mpp``: level-0 µm/px for
     slides without it in their metadata (as ``tile --fallback-mpp``); ``workers``: tile-reader
     processes (None = extract's default); ``batch_size``: tiles per encoder forward pass;
-    ``download``: allow fetching hub weights over the network (default: local cache only)."""
+    ``download``: allow fetching hub weights over the network (default: local cache only);
+    ``review``: the review page's pyramid settings, or None to write no page."""
 
     run: Path
     folds: tuple[int, ...]
@@ -92,6 +110,7 @@ class PredictConfig:
     workers: int | None = None
     batch_size: int = 64
     download: bool = False
+    review: ReviewSettings | None = ReviewSettings()
 
 
 @dataclass
@@ -137,11 +156,14 @@ def predict_slides(jobs: list[SlideJob], out_dir: Path, config: PredictConfig,
     key = settings_key({"run": str(Path(config.run).resolve()), "folds": predictor.folds,
                         "head": config.head,
                         "files": _digests(Path(config.run), files)})
-    step = _SlideSteps(out_dir, tile_cfg, extract_cfg, encoder, device, e_key, predictor, key)
+    step = _SlideSteps(out_dir, tile_cfg, extract_cfg, encoder, device, e_key, predictor, key,
+                       config.review)
     summary = run_jobs(mine, Ledger(out_dir, "predict"), step.process, step.is_done)
     csv_path = merge_predictions(out_dir, key, predictor.classes, config.review_threshold)
     finished = [j for j in mine if j.slide_id in summary.complete]
     outputs = [csv_path] + [p for j in finished for p in step.outputs(j.slide_id)]
+    if config.review is not None:
+        outputs += write_predict_review(step, config)
     inputs = files + [Path(config.run) / FEATURES]
     inputs += [encoder.weights_path] if encoder.weights_path else []
     tag = record_tag(jobs, shard)
@@ -165,6 +187,7 @@ class _SlideSteps:
     extract_key: str
     predictor: RunPredictor
     key: str
+    review: ReviewSettings | None
 
     def features(self, slide_id: str) -> Path:
         return features_path(self.out_dir, self.extract_cfg.encoder, slide_id)
@@ -172,19 +195,33 @@ class _SlideSteps:
     def record_path(self, slide_id: str) -> Path:
         return id_path(self.out_dir / "predictions", slide_id, ".json")
 
-    def outputs(self, slide_id: str) -> list[Path]:
+    def attention_path(self, slide_id: str) -> Path:
+        return id_path(self.out_dir / "predictions", slide_id, ".attention.npy")
+
+    def files(self, slide_id: str) -> SlideFiles:
         heat = self.out_dir / "heatmaps"
-        return [self.record_path(slide_id), id_path(heat, slide_id, ".png"),
-                id_path(heat, slide_id, ".geojson"), self.features(slide_id),
-                id_path(self.out_dir / "tiles", slide_id, ".h5")]
+        return SlideFiles(features=self.features(slide_id),
+                          tiles=id_path(self.out_dir / "tiles", slide_id, ".h5"),
+                          tissue=id_path(self.out_dir / "tissue", slide_id, ".geojson"),
+                          heatmap=id_path(heat, slide_id, ".png"),
+                          attention=id_path(heat, slide_id, ".geojson"))
+
+    def outputs(self, slide_id: str) -> list[Path]:
+        f = self.files(slide_id)
+        review = [] if self.review is None else [pyramid_path(self.out_dir / "review",
+                                                              slide_id)]
+        return [self.record_path(slide_id), self.attention_path(slide_id), f.heatmap,
+                f.attention, f.features, f.tiles, *review]
 
     def is_done(self, job: SlideJob) -> bool:
         try:
             record = json.loads(self.record_path(job.slide_id).read_text())
         except (OSError, ValueError, InputError):
             return False
-        return record.get("key") == self.key and all(p.is_file()
-                                                     for p in self.outputs(job.slide_id))
+        settings = None if self.review is None else asdict(self.review)
+        return (record.get("key") == self.key
+                and (settings is None or (record.get("review") or {}).get("settings") == settings)
+                and all(p.is_file() for p in self.outputs(job.slide_id)))
 
     def process(self, job: SlideJob) -> dict:
         from .extract import extract_slide
@@ -205,14 +242,18 @@ class _SlideSteps:
         best = int(proba.argmax())
         classes = self.predictor.classes
         call = SlideCall(classes[best], float(proba[best]), self.predictor.head)
-        heatmaps = write_heatmap(ws / "heatmaps", sid, job.path, features,
-                                 result["attention"][0], call)
+        attention = np.asarray(result["attention"][0], dtype=np.float64)
+        heatmaps = write_heatmap(ws / "heatmaps", sid, job.path, features, attention, call)
+        with atomic_path(self.attention_path(sid)) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, attention)
+        pyramid = None if self.review is None else write_slide_pyramid(
+            job.path, ws / "review", sid, self.review, tile_file_facts(tile_file)[1])
         record = {"slide_id": sid, "key": self.key, "source": job.path.name,
                   "run": str(Path(self.predictor.run_dir).resolve()),
                   "folds": self.predictor.folds, "head": self.predictor.head,
                   "classes": classes, "predicted_class": classes[best],
                   "probabilities": {c: float(p) for c, p in zip(classes, proba, strict=True)},
-                  "n_tiles": len(result["attention"][0])}
+                  "n_tiles": len(attention), "review": pyramid}
         write_json(self.record_path(sid), record)
         return {"n_tiles": record["n_tiles"], "predicted_class": classes[best],
                 "probability": round(float(proba[best]), 4),
@@ -221,13 +262,10 @@ class _SlideSteps:
                             "geojson": str(heatmaps[1].relative_to(ws))}}
 
 
-def merge_predictions(out_dir: Path, key: str, classes: list[str],
-                      review_threshold: float) -> Path:
-    """Rewrite ``out_dir/predictions.csv`` from the per-slide records made with ``key`` (all
-    shards); records of other runs, heads or folds are left out (and counted in the log)."""
-    import pandas as pd
-
-    rows, other = [], 0
+def read_records(out_dir: Path, key: str) -> list[dict]:
+    """The per-slide records made with ``key`` (all shards), sorted by file name; records of
+    other runs, heads or folds are left out (and counted in the log)."""
+    records, other = [], 0
     for path in sorted((Path(out_dir) / "predictions").glob("*.json")):
         try:
             rec = json.loads(path.read_text())
@@ -236,21 +274,63 @@ def merge_predictions(out_dir: Path, key: str, classes: list[str],
         if rec.get("key") != key:
             other += 1
             continue
+        records.append(rec)
+    if other:
+        log.info("predictions: %d record(s) made with another run, head or folds left out",
+                 other)
+    return records
+
+
+def merge_predictions(out_dir: Path, key: str, classes: list[str],
+                      review_threshold: float) -> Path:
+    """Rewrite ``out_dir/predictions.csv`` from the per-slide records made with ``key`` (all
+    shards; :func:`read_records`)."""
+    import pandas as pd
+
+    rows = []
+    for rec in read_records(out_dir, key):
         probs = [rec["probabilities"][c] for c in classes]
         rows.append({"slide_id": rec["slide_id"], "predicted_class": rec["predicted_class"],
                      **{f"prob_{c}": p for c, p in zip(classes, probs, strict=True)},
                      "head": rec["head"], "folds": ";".join(map(str, rec["folds"])),
-                     "review": bool(max(probs) < review_threshold),
+                     "review": needs_review(probs, review_threshold),
                      "n_tiles": rec["n_tiles"]})
-    if other:
-        log.info("predictions.csv: %d record(s) made with another run, head or folds left out",
-                 other)
     columns = ["slide_id", "predicted_class", *(f"prob_{c}" for c in classes), "head", "folds",
                "review", "n_tiles"]
     out = Path(out_dir) / "predictions.csv"
     with atomic_path(out) as tmp:
         pd.DataFrame(rows, columns=columns).sort_values("slide_id").to_csv(tmp, index=False)
     return out
+
+
+def write_predict_review(step: _SlideSteps, config: PredictConfig) -> list[Path]:
+    """Rebuild ``OUT/review/`` from every record made with this run, head and folds (all
+    shards); a slide whose files are missing or do not agree is left out with a warning.
+    Returns the page's files."""
+    review_dir = step.out_dir / "review"
+    classes = step.predictor.classes
+    with page_lock(review_dir):
+        clear_links(review_dir)
+        slides = []
+        for rec in read_records(step.out_dir, step.key):
+            sid = rec["slide_id"]
+            try:
+                slides.append(review_slide(
+                    review_dir, sid, {c: rec["probabilities"][c] for c in classes},
+                    np.load(step.attention_path(sid)), step.files(sid),
+                    config.review_threshold, pyramid=rec.get("review")))
+            except (OSError, ValueError, InputError) as exc:
+                log.warning("review page: slide %s left out (%s); rerun predict on it", sid,
+                            " ".join(str(exc).split()))
+        folds = ", ".join(map(str, step.predictor.folds))
+        notes = {"run": str(config.run), "head": config.head.replace("_", " "),
+                 "folds": folds, "review threshold": f"{config.review_threshold:g}",
+                 "images": f"finest {config.review.finest_mpp:g} µm/px, at most "
+                           f"{config.review.max_bytes / 2**20:g} MiB per slide"}
+        written = write_page(review_dir, slides, classes,
+                             f"predict · {Path(config.run).name} · {len(slides)} slides", notes)
+    log.info("review page: %s (%d slides)", written[0], len(slides))
+    return written
 
 
 def _digests(run_dir: Path, paths: Sequence[Path]) -> dict[str, str]:

@@ -12,7 +12,8 @@
  * loaded are drawn under the level in use, so zooming never shows holes.
  *
  * The canvas's data-idle attribute is "1" once every tile the view needs is drawn, when the
- * performance mark "review:tiles-drawn" is also set (for tests and benchmarks).
+ * performance mark "review:tiles-drawn" is also set, and data-level is the pyramid level the
+ * view draws from (empty without a pyramid); both for tests and benchmarks.
  *
  * Input on the canvas: drag to pan, wheel to zoom at the pointer, double-click to zoom in
  * (shift: out); keys (canvas focused): arrows pan, + / - zoom, 0 fits the slide.
@@ -267,6 +268,7 @@
       ctx.fillStyle = NO_IMAGE;
       ctx.fillRect((0 - view.ox) * view.s, (0 - view.oy) * view.s, W * view.s, H * view.s);
       if (this.source) this.source.paint(ctx, view, w, h, this.dpr, wanted);
+      this.canvas.dataset.level = this.source ? this.source.levelFor(view.s * this.dpr) : "";
     }
 
     /** Tile squares bucketed by colour: one path and one fill per colour. */
