@@ -12,7 +12,7 @@ def test_demo_table_matches_metrics_files(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "wsi_ncmi", "demo", "--out", str(out), "--slides", "12",
-         "--epochs", "4", "--n-boot", "100", "--slide-width", "2560", "--slide-height", "2048"],
+         "--epochs", "4", "--n-boot", "100", "--slide-width-mm", "1.2", "1.4"],
         capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "seeded RANDOM initialisation" in proc.stderr
@@ -41,5 +41,6 @@ def test_demo_table_matches_metrics_files(tmp_path):
         assert float(line.group(3)) == float(f"{ncmi['ncmi']['gamma']:.4g}")
     assert (out / "comparison" / "comparison.md").is_file()
     assert list((out / "workspace" / "previews").glob("*.png"))
-    heatmaps = list((out / "runs" / "ncmi" / "eval" / "test" / "heatmaps").glob("*.png"))
-    assert heatmaps and all(f"heatmap {p}" in proc.stdout for p in heatmaps)
+    for loss in ("ncmi", "ce"):
+        heatmaps = list((out / "runs" / loss / "eval" / "test" / "heatmaps").glob("*.png"))
+        assert heatmaps and all(f"{loss} heatmap {p}" in proc.stdout for p in heatmaps)

@@ -21,9 +21,9 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the cohort, the encoder's random "
                                       "initialisation and training.")] = 0,
     epochs: Annotated[int, typer.Option(help="Training epochs per loss (count).")] = 40,
-    slide_width: Annotated[int, typer.Option(help="Level-0 width of each slide, px at "
-                                             "0.5 µm/px.")] = 5120,
-    slide_height: Annotated[int, typer.Option(help="Level-0 height of each slide, px.")] = 3840,
+    slide_width_mm: Annotated[tuple[float, float], typer.Option(
+        help="Range of the slides' widths, mm (about 0.5 µm/px: 2 000 px per mm).")
+    ] = (1.0, 1.5),
     weights: Annotated[Path | None, typer.Option(
         help="Real resnet50_trunc weights (.safetensors or state dict); default: a seeded "
         "random initialisation made locally.")] = None,
@@ -31,7 +31,8 @@ def demo(
                                         "(count).")] = 1000,
     verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
 ) -> None:
-    """Generate a small cohort and run tile → extract → train (NCMI, CE) → eval → compare."""
+    """Generate a heterogeneous cohort and run tile → extract → train (NCMI, CE) → eval →
+    compare; print the predict command to try next."""
     from ..errors import InputError
     from ..stages.demo import DemoConfig, format_table, run_demo
 
@@ -39,8 +40,7 @@ def demo(
     t0 = time.perf_counter()
     try:
         result = run_demo(DemoConfig(out=out, n_slides=slides, seed=seed, epochs=epochs,
-                                     width=slide_width, height=slide_height,
-                                     weights=weights, n_boot=n_boot))
+                                     width_mm=slide_width_mm, weights=weights, n_boot=n_boot))
     except InputError as exc:
         fail(exc)
     typer.echo("\nTest split, 95 % bootstrap intervals over patients:\n")
@@ -50,7 +50,10 @@ def demo(
     for loss, run in result["runs"].items():
         typer.echo(f"  {loss}: report {run / 'eval' / 'test' / 'report.md'}; plots in "
                    f"{run / 'eval' / 'test'}")
-    for path in result.get("heatmaps", []):
-        typer.echo(f"  heatmap {path}")
+        for path in result["heatmaps"][loss]:
+            typer.echo(f"  {loss} heatmap {path}")
     typer.echo(f"  previews {out / 'workspace' / 'previews'}")
+    typer.echo(f"  comparison {out / 'comparison' / 'comparison.md'}")
     typer.echo(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
+    typer.echo("\nNext, predict two new slides from a centre the model never saw (probabilities, "
+               "heatmaps, a review page):\n  " + result["predict"])

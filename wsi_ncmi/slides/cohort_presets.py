@@ -90,18 +90,19 @@ def bracs_like(patients: int = 30, slides_per_patient: int = 1,
                       bad_files=bad_files)
 
 
-def demo(patients: int = 20, width_mm: tuple[float, float] = (1.8, 2.8),
+def demo(patients: int = 20, width_mm: tuple[float, float] = (1.0, 1.5),
+         lesion_um: tuple[float, float] = (250.0, 450.0),
          holdout: str | None = None) -> CohortSpec:
     """The demo's cohort: 3 classes by lesion pattern (``normal`` without lesion,
-    ``dense_lesion``, ``gland_lesion``; one lesion of 400–800 µm), 3 centres at 20×-like
+    ``dense_lesion``, ``gland_lesion``; one lesion of ``lesion_um`` µm), 3 centres at 20×-like
     µm/px (c0: 0.499, SVS; c1: 0.4545, TIFF with steps of 2; c2: 0.5034, TIFF and SVS, a
     pyramid with a missing level, and no recorded µm/px in every third slide from the
     first, which the manifest gives), each with its own stain, tiles and JPEG quality;
-    ``patients`` patients of 2 slides (40 slides), slides ``width_mm`` wide (1.8–2.8 mm:
-    3 600–6 200 px, ~650 Mpx in all), no bad files."""
+    ``patients`` patients of 2 slides (40 slides), slides ``width_mm`` wide (at least 2.5
+    lesion diameters; 1.0–1.5 mm: 2 000–3 300 px, ~200 Mpx in all), no bad files."""
     classes = (LesionClass("normal", None),
-               LesionClass("dense_lesion", "dense", (0.0, math.inf), (400.0, 800.0)),
-               LesionClass("gland_lesion", "glands", (0.0, math.inf), (400.0, 800.0)))
+               LesionClass("dense_lesion", "dense", (0.0, math.inf), lesion_um),
+               LesionClass("gland_lesion", "glands", (0.0, math.inf), lesion_um))
     centres = (
         Centre("c0", 0.499, ("svs",), ((1, 4, 16),), (240,), (70, 80), STAINS[0]),
         Centre("c1", 0.4545, ("tiff",), ((1, 2, 4, 8), (1, 8)), (256, 512), (85, 95),

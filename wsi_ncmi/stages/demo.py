@@ -1,10 +1,13 @@
-"""The demo: the whole pipeline on a generated cohort, NCMI against cross-entropy.
+"""The demo: the whole pipeline on a generated heterogeneous cohort, NCMI against CE.
 
-A small synthetic cohort (3 classes; a class is a planted lesion pattern covering a minority of
-the tissue, so the aggregator must attend to the right tiles) goes through the real stages:
-tile → extract (``resnet50_trunc``) → train twice (NCMI and CE, same seed and budget) → eval
-on the patient-grouped test split → compare → heatmaps. Every number printed is read back from
-the files the stages wrote.
+A small synthetic cohort (:func:`~wsi_ncmi.slides.cohort_presets.demo`: 3 classes, each a
+lesion pattern over part of the tissue, so the aggregator must attend to the right tiles; 3
+centres with their own µm/px, formats, pyramids, tile sizes, JPEG qualities and stains; slides
+of different sizes; two slides per patient) goes through the real stages: tile → extract
+(``resnet50_trunc``) → train twice (NCMI and CE, same seed and budget) → eval on the
+patient-grouped test split → compare → heatmaps. Two more slides, from a fourth centre the
+model never saw, are written beside the cohort for the ``predict`` command the demo prints
+last. Every number printed is read back from the files the stages wrote.
 
 No pretrained weights can be downloaded in the sandboxes this is tested in, so by default the
 encoder gets a locally created, seeded random initialisation (said loudly); pass real weights
@@ -15,17 +18,17 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import shlex
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
 
 from ..errors import InputError
 from ..formats.featurefile import features_dir
 from ..model.encoders import save_seeded_checkpoint
 from ..model.heads import HEADS
-from ..slides.synthetic import write_synthetic_slide
+from ..slides.cohort import write_cohort
+from ..slides.cohort_presets import demo as demo_cohort
+from ..slides.synthetic import Stain, write_synthetic_slide
 from .compare import compare_runs
 from .evaluate import evaluate_run
 from .extract import ExtractConfig, extract_slides
@@ -35,76 +38,43 @@ from .train import train_run
 
 log = logging.getLogger("wsi_ncmi")
 
-CLASSES = {"normal": None, "dense_lesion": "dense", "gland_lesion": "glands"}
+CLASSES = ("normal", "dense_lesion", "gland_lesion")
 LOSSES = ("ncmi", "ce")
 TABLE_METRICS = ("macro_f1", "auc_macro", "balanced_accuracy")
+#: the slides ``predict`` is shown on: a centre the cohort lacks (µm/px, stain, format)
+NEW_SLIDES = (("new_c3_s0", "dense"), ("new_c3_s1", None))
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """``n_slides`` slides of ``width`` × ``height`` px at ``slide_mpp`` µm/px, two per patient;
-    tiles of ``tile_size`` px at ``tile_mpp`` µm/px; ``epochs`` per training run."""
+    """``n_slides`` slides (two per patient) ``width_mm`` wide (range, mm), written by
+    ``workers`` processes; tiles of ``tile_size`` px at ``tile_mpp`` µm/px; ``epochs`` per
+    training run; ``heatmaps`` most confident test slides drawn per run."""
 
     out: Path = Path("demo_out")
     n_slides: int = 40
     seed: int = 0
-    width: int = 5120
-    height: int = 3840
-    slide_mpp: float = 0.5
+    width_mm: tuple[float, float] = (1.0, 1.5)
     tile_mpp: float = 1.0
     tile_size: int = 224
     epochs: int = 40
-    lesion_share: float = 0.08
     n_boot: int = 1000
     weights: Path | None = None
     heatmaps: int = 3
-
-
-def make_cohort(folder: Path, n_slides: int, seed: int, width: int, height: int,
-                mpp: float, lesion_share: float) -> Path:
-    """Write the slides and ``manifest.csv`` (slide_id, path, label, patient_id, split);
-    patients own two slides of their class and are split 50/20/30 (train/val/test) per
-    class. ``lesion_share``: share of a lesion slide's tissue that is lesion."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    names = list(CLASSES)
-    n_patients = max(len(names) * 3, n_slides // 2)
-    patient_class = [names[i % len(names)] for i in range(n_patients)]
-    split_of = _patient_splits(patient_class, rng)
-    rows = []
-    for i in range(n_slides):
-        patient = i % n_patients
-        label = patient_class[patient]
-        slide_id = f"demo_{i:03d}"
-        path = folder / f"{slide_id}.tif"
-        if not path.exists():
-            write_synthetic_slide(path, width, height, mpp=mpp, seed=seed * 1000 + i,
-                                  lesion=CLASSES[label], downsamples=(1, 4, 16),
-                                  lesion_share=lesion_share)
-        rows.append({"slide_id": slide_id, "path": path.name, "label": label,
-                     "patient_id": f"P{patient:03d}", "split": split_of[patient]})
-    manifest = folder / "manifest.csv"
-    pd.DataFrame(rows).to_csv(manifest, index=False)
-    return manifest
-
-
-def _patient_splits(patient_class: list[str], rng: np.random.Generator) -> list[str]:
-    split = [""] * len(patient_class)
-    for name in dict.fromkeys(patient_class):
-        members = [i for i, c in enumerate(patient_class) if c == name]
-        rng.shuffle(members)
-        n_val = max(1, round(0.2 * len(members)))
-        n_test = max(1, round(0.3 * len(members)))
-        for k, i in enumerate(members):
-            split[i] = "val" if k < n_val else "test" if k < n_val + n_test else "train"
-    return split
+    workers: int = 2
 
 
 def run_demo(config: DemoConfig) -> dict:
     """Run every stage; return the table rows and the paths of the outputs."""
     out = config.out
-    manifest = make_cohort(out / "slides", config.n_slides, config.seed, config.width,
-                           config.height, config.slide_mpp, config.lesion_share)
+    # 30 % of the patients in the test split: more test slides, narrower intervals
+    spec = replace(demo_cohort(patients=max(len(CLASSES) * 3, config.n_slides // 2),
+                               width_mm=config.width_mm), split_shares=(0.5, 0.2, 0.3))
+    log.info("demo: writing %d slides from %d centres into %s (reused when already there)",
+             spec.patients * spec.slides_per_patient, len(spec.centres), out / "slides")
+    cohort = write_cohort(spec, out / "slides", seed=config.seed, workers=config.workers)
+    write_new_slides(out / "new_slides", config)
+    manifest = cohort.manifest
     jobs = jobs_from_manifest(manifest, out / "slides")
     ws = out / "workspace"
     _check(tile_slides(jobs, ws, TileConfig(target_mpp=config.tile_mpp,
@@ -127,9 +97,31 @@ def run_demo(config: DemoConfig) -> dict:
                      heatmaps=config.heatmaps, slide_root=out / "slides")
     comparison = compare_runs([runs[k] for k in LOSSES], out / "comparison", "test",
                               "linear_probe", config.n_boot, config.seed)
-    heatmaps = sorted((runs["ncmi"] / "eval" / "test" / "heatmaps").glob("*.png"))
+    heatmaps = {loss: sorted((run / "eval" / "test" / "heatmaps").glob("*.png"))
+                for loss, run in runs.items()}
     return {"rows": table_rows(runs), "runs": runs, "comparison": comparison,
-            "heatmaps": heatmaps}
+            "heatmaps": heatmaps, "predict": predict_command(out)}
+
+
+def write_new_slides(folder: Path, config: DemoConfig) -> None:
+    """The slides :func:`predict_command` names: a centre the cohort lacks (0.4712 µm/px,
+    its own stain, SVS), one with a dense lesion and one without."""
+    folder.mkdir(parents=True, exist_ok=True)
+    width = round(config.width_mm[0] * 1000 / 0.4712)
+    for i, (name, lesion) in enumerate(NEW_SLIDES):
+        path = folder / f"{name}.svs"
+        if not path.is_file():
+            write_synthetic_slide(path, width, round(width * 0.75), mpp=0.4712,
+                                  seed=config.seed + 9000 + i, lesion=lesion,
+                                  lesion_um=600.0 if lesion else None, format="svs",
+                                  stain=Stain(1.1, 0.9, gain=(0.98, 1.0, 1.03)),
+                                  downsamples=(1, 4, 16))
+
+
+def predict_command(out: Path) -> str:
+    """The ``wsi-ncmi predict`` command to try on the demo's model and new slides."""
+    return shlex.join(["wsi-ncmi", "predict", "--model", str(out / "runs" / "ncmi"),
+                       str(out / "new_slides"), "--out", str(out / "predict")])
 
 
 def _train_config(loss: str, config: DemoConfig) -> dict:
@@ -186,5 +178,5 @@ def _ci(value, ci) -> str:
 
 def _check(summary) -> None:
     if not summary.ok:
-        raise InputError(f"demo: {summary.stage} failed for {len(summary.failed)} slide(s): "
-                         + "; ".join(f"{k}: {v}" for k, v in summary.failed.items()))
+        raise InputError(f"demo: {summary.stage} failed for {len(summary.failures)} slide(s): "
+                         + "; ".join(f"{f.slide_id}: {f.reason}" for f in summary.failures))
