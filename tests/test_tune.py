@@ -24,6 +24,8 @@ import yaml
 from cli import CLI, run_cli
 
 from wsi_ncmi.errors import InputError
+from wsi_ncmi.formats.config import resolve_config
+from wsi_ncmi.formats.labels import map_labels
 from wsi_ncmi.formats.tunefolder import journal_path
 from wsi_ncmi.formats.tunespace import load_space, overrides, parse_param
 from wsi_ncmi.model.fit import TrainingDiverged
@@ -31,6 +33,7 @@ from wsi_ncmi.stages.provenance import verify_record
 from wsi_ncmi.stages.tune import check_space, tune_study
 from wsi_ncmi.stages.tunedata import TuneData, prepare
 from wsi_ncmi.stages.tunestudy import STUDY_NAME
+from wsi_ncmi.stats.splits import make_splits
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 D = 6
@@ -286,6 +289,30 @@ def test_selection_folds_keep_patients_together_and_leave_the_test_split_out(tun
     assert given.folds[0]["val"] == df.loc[df["split"] == "val", "slide_id"].tolist()
 
 
+def test_kfold_tunes_on_one_outer_fold_and_holds_its_test_part_out(tmp_path, caplog):
+    features, manifest, _ = write_cohort(tmp_path)
+    df = pd.read_csv(manifest).drop(columns="split")
+    df["label"] = "c" + df["slide_id"].str[1]
+    for sid in df["slide_id"]:  # every slide readable: any of them may land in the pool
+        with h5py.File(features / f"{sid}.h5", "w") as f:
+            f["features"] = np.ones((4, D), np.float32)
+            f["coords"] = np.zeros((4, 2), np.int64)
+    df.to_csv(manifest, index=False)
+    raw = {**BASE, "loss": {"name": "ce"}, "seed": 3,
+           "split": {"method": "kfold", "k": 3, "val_fraction": 0.25}}
+    caplog.set_level(logging.INFO, logger="wsi_ncmi")
+    data = prepare(raw, features, manifest, {"min_val_patients": 1, "inner_folds": 2}, 1)
+    cfg = resolve_config(raw)
+    _, y, _ = map_labels(df, cfg["task"])
+    outer = make_splits(df, y, cfg["split"], 3)["folds"][1]  # what train makes
+    assert sorted(data.held_out) == sorted(outer["test"]) and data.held_out
+    assert not set(data.labels) & set(outer["test"])
+    assert (data.folds[0]["train"], data.folds[0]["val"]) == (outer["train"], outer["val"])
+    assert "tuning on outer fold 1 of 3" in caplog.text
+    with pytest.raises(InputError, match="--fold 3: the kfold split has folds 0–2"):
+        prepare(raw, features, manifest, {"min_val_patients": 1, "inner_folds": 2}, 3)
+
+
 def test_a_diverged_trial_is_pruned_with_a_note(tuned, tmp_path, monkeypatch):
     def diverge(*args, **kwargs):
         raise TrainingDiverged("fold 0, epoch 1: the training loss became NaN/inf")
@@ -295,7 +322,7 @@ def test_a_diverged_trial_is_pruned_with_a_note(tuned, tmp_path, monkeypatch):
                         tuned["features"], tuned["manifest"], tuned["space"], 1)
     trials = pd.read_csv(tmp_path / "study" / "trials.csv")
     assert result.finished == 1 and result.best is None
-    assert trials["state"].tolist() == ["PRUNED"]
+    assert trials["state"].tolist() == ["PRUNED"] and trials["value"].isna().all()
     assert trials["note"].item().startswith("diverged: fold 0, epoch 1")
     assert not (tmp_path / "study" / "best.yaml").exists()
 

@@ -50,6 +50,7 @@ def write_trials(out_dir: Path, rows: list[dict], params: Sequence[str]) -> Path
     frame = pd.DataFrame([{**{c: r.get(c) for c in TRIAL_COLUMNS},
                            **{f"param:{p}": r.get("params", {}).get(p) for p in params}}
                           for r in rows], columns=columns)
+    frame["epochs_run"] = frame["epochs_run"].astype("Int64")
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
     return path

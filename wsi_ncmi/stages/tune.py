@@ -15,11 +15,13 @@ validation AUC (one-vs-rest macro, at the kept epochs, averaged over the folds),
 earlier trial. Every trial trains with the base config's seed.
 
 **Search.** Optuna's TPE sampler (``--seed`` seeds it, together with the worker number and the
-number of trials already in the study, so a resumed or parallel worker never repeats another's
+number of trials already in the study, so a resumed or parallel worker does not replay another's
 random draws; ``constant_liar`` keeps parallel workers apart), and a median pruner: after every
 epoch the trial reports its fold's best validation macro-F1 so far at step
-``fold × E + epoch`` (E = the most epochs a trial can run) and stops when it falls below the
-median of earlier trials at that step. A trial whose loss diverges (NaN) is pruned with a note.
+``fold × E + epoch − 1`` (fold 0-based, epoch 1-based, E = the most epochs a trial can run) and
+stops when that falls below the median of earlier trials at the same step (once
+``prune_after_trials`` trials finished, after ``prune_warmup_epochs`` steps). A trial whose loss
+diverges (NaN) is pruned with a note.
 
 **Budget.** ``--trials N`` finished (complete or pruned) trials in the study, each at most E
 epochs per selection fold; the same N and space file give every loss the same budget.
@@ -208,10 +210,9 @@ def tune_study(config: dict, out_dir: Path, features_dir: Path, manifest: Path,
                 "config": {k: v for k, v in base.items() if k not in ("device", "data")},
                 "selection": digest([data.folds, data.labels])}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(out_dir, identity, optuna.samplers.RandomSampler(),
-                       optuna.pruners.MedianPruner(
-                           n_startup_trials=space.settings["prune_after_trials"],
-                           n_warmup_steps=space.settings["prune_warmup_epochs"]))
+    study = open_study(out_dir, identity, optuna.pruners.MedianPruner(
+        n_startup_trials=space.settings["prune_after_trials"],
+        n_warmup_steps=space.settings["prune_warmup_epochs"]))
     sampler_seed = int(np.random.SeedSequence([seed, worker, len(study.trials)])
                        .generate_state(1)[0])
     study.sampler = optuna.samplers.TPESampler(

@@ -46,15 +46,16 @@ def digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def open_study(out_dir: Path, identity: dict, sampler: optuna.samplers.BaseSampler,
-               pruner: optuna.pruners.BasePruner) -> optuna.Study:
+def open_study(out_dir: Path, identity: dict, pruner: optuna.pruners.BasePruner
+               ) -> optuna.Study:
     """Create or continue the study in ``out_dir``; :class:`InputError` when it searches
-    something else than ``identity`` says (module docstring)."""
+    something else than ``identity`` says (module docstring). The caller sets the sampler
+    (its seed depends on the trials already there)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(journal_path(out_dir))))
-    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler,
-                                pruner=pruner, direction="maximize", load_if_exists=True)
+    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, pruner=pruner,
+                                direction="maximize", load_if_exists=True)
     plain = json.loads(json.dumps(identity))
     stored = study.user_attrs.get("identity")
     if stored is None:
@@ -151,7 +152,8 @@ def trial_row(trial: FrozenTrial) -> dict:
         note = "worker stopped; retried as a new trial"
     if "retry_of" in attrs:
         note = f"retry of trial {attrs['retry_of']}" + (f"; {note}" if note else "")
-    return {"number": trial.number, "state": trial.state.name, "value": trial.value,
+    value = trial.value if trial.state == TrialState.COMPLETE else None
+    return {"number": trial.number, "state": trial.state.name, "value": value,
             "val_auc": attrs.get("val_auc"), "epochs_run": attrs.get("epochs_run"),
             "duration_s": None if duration is None else round(duration, 2), "note": note,
             "params": dict(trial.params)}
