@@ -13,7 +13,8 @@ from .common import fail, setup_logging
 
 @app.command("eval")
 def eval_command(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `wsi-ncmi train`.")],
+    run: Annotated[Path, typer.Argument(help="Run folder written by `wsi-ncmi train`, or a "
+                                        "multi-seed folder (train --seeds): every seed.")],
     split: Annotated[str, typer.Option(help="Part of every fold to evaluate: train | val | "
                                        "test.")] = "test",
     features_dir: Annotated[Path | None, typer.Option(
@@ -48,17 +49,25 @@ def eval_command(
     import json
 
     from ..errors import InputError
+    from ..formats.seedruns import is_multi_seed
     from ..stages.evaluate import evaluate_run
+    from ..stages.multiseed import evaluate_seeds
     from ..stages.review import ReviewSettings
     from ..stats.reports import HEAD_NAMES, fmt_ci
 
     setup_logging(verbose)
+    options = {"features_dir": features_dir, "manifest": manifest, "n_boot": n_boot,
+               "seed": seed, "probe_input": probe_input, "device": device,
+               "heatmaps": heatmaps, "slide_root": slide_root,
+               "review": ReviewSettings(review_mpp, round(review_max_mb * 2**20))
+               if review else None}
     try:
-        out = evaluate_run(run, split, features_dir, manifest, n_boot, seed,
-                           probe_input=probe_input, device=device, heatmaps=heatmaps,
-                           slide_root=slide_root,
-                           review=ReviewSettings(review_mpp, round(review_max_mb * 2**20))
-                           if review else None)
+        if is_multi_seed(run):
+            out = evaluate_seeds(run, split, **options)
+            typer.echo((out / "report.md").read_text())
+            typer.echo(f"wrote {out}")
+            return
+        out = evaluate_run(run, split, **options)
     except InputError as exc:
         fail(exc)
     metrics = json.loads((out / "metrics.json").read_text())

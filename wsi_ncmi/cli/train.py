@@ -27,6 +27,9 @@ def train(
         help="YAML config; repeat to deep-merge several (later files win).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (integer; default: the "
                                              "config's, else 0).")] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="Train once per seed, e.g. 0,1,2,3,4, into OUT/seed_<s>/ on the same splits "
+        "(made with split.seed, else the config's seed); excludes --seed.")] = None,
     folds: Annotated[int | None, typer.Option(
         help="Patient-grouped stratified K-fold cross-validation with this many folds "
         "(count).")] = None,
@@ -39,6 +42,8 @@ def train(
     """Train the attention-MIL aggregator with the chosen loss on every fold."""
     from ..errors import InputError
     from ..formats.config import load_config
+    from ..formats.seedruns import parse_seeds
+    from ..stages.multiseed import train_seeds
     from ..stages.train import train_run
 
     setup_logging(verbose)
@@ -48,6 +53,8 @@ def train(
                   if value is not None]
         if len(chosen) > 1:
             raise InputError(f"choose one split: {' or '.join(chosen)}")
+        if seed is not None and seeds is not None:
+            raise InputError("choose --seed or --seeds")
         overrides: dict = {}
         if loss is not None:
             overrides["loss"] = {"name": loss}
@@ -60,8 +67,12 @@ def train(
         elif group_column is not None:
             overrides["split"] = {"method": "logo", "group_column": group_column}
         config_files = list(config or [])
-        run = train_run(load_config(config_files, overrides), out, features, manifest,
-                        config_files=config_files)
+        raw = load_config(config_files, overrides)
+        if seeds is not None:
+            run = train_seeds(raw, out, features, manifest, parse_seeds(seeds),
+                              config_files=config_files)
+        else:
+            run = train_run(raw, out, features, manifest, config_files=config_files)
     except InputError as exc:
         fail(exc)
     typer.echo(f"run written to {run}", err=True)

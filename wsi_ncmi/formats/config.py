@@ -6,7 +6,9 @@ Sections (a cohort config holds ``task`` + ``split``; a training config the rest
   order = index order; null → the sorted distinct mapped labels of the manifest), ``label_map``
   (raw label → class; labels not in it must equal a class name).
 - ``split``: ``method`` (column | kfold | logo), ``column``, ``k``, ``group_column``,
-  ``val_fraction`` (patient share of the training part held out for validation, kfold/logo).
+  ``val_fraction`` (patient share of the training part held out for validation, kfold/logo),
+  ``seed`` (the split seed: integer, or null = the run's ``seed``; runs of several training
+  seeds share one split seed, so only the training differs between them).
 - ``model``: gated attention-MIL sizes: ``embed_dim`` (m), ``attn_dim``, ``dropout``.
 - ``loss``: ``name`` plus one optional sub-section per loss holding its settings, e.g.
   ``loss: {name: ncmi, ncmi: {temperature: 0.1}, cmi_ce: {cmi_weight: 0.5}}``; only the chosen
@@ -37,7 +39,7 @@ from ..errors import InputError
 DEFAULTS: dict[str, Any] = {
     "task": {"name": None, "label_column": "label", "classes": None, "label_map": {}},
     "split": {"method": "column", "column": "split", "k": 5, "group_column": "group",
-              "val_fraction": 0.2},
+              "val_fraction": 0.2, "seed": None},
     "model": {"embed_dim": 128, "attn_dim": 128, "dropout": 0.0},
     "loss": {"name": "ncmi"},
     "optim": {"name": "adamw", "lr": 2e-4, "weight_decay": 1e-4, "momentum": 0.9,
@@ -104,6 +106,11 @@ def loss_settings(cfg: dict) -> dict:
     return dict(cfg["loss"].get(cfg["loss"]["name"]) or {})
 
 
+def split_seed(cfg: dict) -> int:
+    """The seed that makes a resolved config's splits: ``split.seed``, else ``seed``."""
+    return cfg["split"]["seed"] if cfg["split"]["seed"] is not None else cfg["seed"]
+
+
 def _unknown_keys(cfg: dict, names: Sequence[str] | None) -> list[str]:
     problems = [f"unknown section {k!r}" for k in cfg if k not in DEFAULTS]
     for section, defaults in DEFAULTS.items():
@@ -151,6 +158,8 @@ def _check_values(cfg: dict) -> list[str]:
         p.append(f"split.method must be one of {', '.join(SPLIT_METHODS)}")
     if not _is_int(split.get("k")) or split["k"] < 2:
         p.append("split.k must be an integer ≥ 2")
+    if split.get("seed") is not None and not _is_int(split["seed"]):
+        p.append("split.seed must be an integer or null")
     if not _is_num(split.get("val_fraction")) or not 0 <= split["val_fraction"] <= 0.5:
         p.append("split.val_fraction must lie in [0, 0.5]")
     for key in ("embed_dim", "attn_dim"):

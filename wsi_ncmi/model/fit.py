@@ -21,6 +21,10 @@ of the epoch, NCMI only); ``centroid_shift`` (mean over classes of the total-var
 of the first epoch — ``cmi_ce``; NaN for other losses); ``val_macro_f1``, ``val_auc``
 (one-vs-rest macro AUC; NaN when a class is missing from validation); ``lr`` (network learning
 rate used in the epoch); ``seconds`` (wall time of the epoch).
+
+Per-epoch hook: :func:`train_fold` calls ``on_epoch(row)`` with each history row as soon as the
+epoch is validated (``wsi-ncmi tune`` reports ``val_macro_f1`` to its pruner this way). The
+hook may raise to stop the fold; the exception propagates out of :func:`train_fold`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +48,11 @@ from .slidemodel import SlideModel, build_model
 
 MODEL_SCHEMA_VERSION = 1
 log = logging.getLogger("wsi_ncmi")
+
+
+class TrainingDiverged(InputError):
+    """The training loss became NaN or inf (a setting such as the learning rate is too
+    high for these data)."""
 
 
 @dataclass
@@ -184,9 +194,11 @@ def centroid_shift(now: torch.Tensor | None, start: torch.Tensor | None) -> floa
 
 
 def train_fold(ctx: FoldContext, fold: dict, classes: list[str], feature_dim: int,
-               encoder: str) -> TrainedFold:
+               encoder: str, on_epoch: Callable[[dict], None] | None = None) -> TrainedFold:
     """Train one fold (``fold``: a splits record entry) and return the best checkpoint's
-    model, ``model.json`` contents, history and embeddings."""
+    model, ``model.json`` contents, history and embeddings. ``on_epoch``: called with each
+    epoch's history row after validation (module docstring); :class:`TrainingDiverged` when
+    the loss becomes NaN/inf."""
     cfg, optim = ctx.cfg, ctx.cfg["optim"]
     seeds = np.random.SeedSequence([cfg["seed"], fold["fold"]])
     torch.manual_seed(int(seeds.generate_state(1)[0]))
@@ -221,8 +233,9 @@ def train_fold(ctx: FoldContext, fold: dict, classes: list[str], feature_dim: in
                             q_steps=bool(centroid_ids) and epoch >= warmup_epochs)
         scheduler.step()
         if not math.isfinite(stats["train_loss"]):
-            raise InputError(f"fold {fold['fold']}, epoch {epoch + 1}: the training loss "
-                             "became NaN/inf (lower optim.lr or set optim.grad_clip)")
+            raise TrainingDiverged(f"fold {fold['fold']}, epoch {epoch + 1}: the training "
+                                   "loss became NaN/inf (lower optim.lr or set "
+                                   "optim.grad_clip)")
         if q_start is None:
             q_start = loss_head.centroids()
         train_out = predict_ids(model, ctx, train_ids)
@@ -244,6 +257,8 @@ def train_fold(ctx: FoldContext, fold: dict, classes: list[str], feature_dim: in
         log.info("fold %s epoch %d/%d: train loss %.4f, NCMI %.4f, val macro-F1 %.3f (%.1f s)",
                  fold["fold"], epoch + 1, optim["epochs"], row["train_loss"], row["ncmi"], f1,
                  row["seconds"])
+        if on_epoch is not None:
+            on_epoch(row)
         if not val_ids or not best or f1 >= best["f1"]:
             best = {"f1": f1, "epoch": epoch + 1,
                     "state": copy.deepcopy(model.state_dict()), "means": means}

@@ -7,8 +7,16 @@ reason. For each pair (A, B) in the order given, B − A in every scalar metric 
 bootstrap resamples of patients (slides when no patient ids), so the interval reflects the
 difference, not the two runs' separate uncertainties.
 
+Multi-seed folders (``train --seeds``, :mod:`wsi_ncmi.formats.seedruns`) are paired by seed
+and by patient: on the seeds every folder holds, B − A is averaged over seeds, each bootstrap
+replicate draws the patients once for every seed
+(:func:`wsi_ncmi.stats.bootstrap.seed_paired_difference`), and the report says in how many
+seeds B beat A. A comparison of single runs says that it rests on one seed. Single runs and
+multi-seed folders are not mixed.
+
 Writes ``comparison.csv`` (one row per run), ``differences.csv`` (one row per pair and metric),
-``comparison.md`` and a ``provenance.json`` record to the output folder.
+``differences_by_seed.csv`` (multi-seed: one row per pair, seed and metric), ``comparison.md``
+and a ``provenance.json`` record to the output folder.
 """
 
 from __future__ import annotations
@@ -24,8 +32,14 @@ import pandas as pd
 from ..atomic import atomic_path
 from ..errors import InputError
 from ..formats.runfolder import eval_dir, read_eval
+from ..formats.seedruns import is_multi_seed, seed_dir, seed_runs
 from ..model.heads import HEADS
-from ..stats.bootstrap import paired_difference, resampling_units
+from ..stats.bootstrap import (
+    Units,
+    resampling_units,
+    seed_mean_metrics,
+    seed_paired_difference,
+)
 from ..stats.metrics import SCALARS
 from ..stats.reports import render_compare_report
 from .provenance import write_record
@@ -105,61 +119,115 @@ def check_comparable(runs: list[EvaluatedRun]) -> None:
         raise InputError(f"cannot compare: {'; '.join(problems)}")
 
 
+def load_groups(run_dirs: Sequence[Path], split: str, head: str
+                ) -> tuple[list[str], list[dict], list[int] | None]:
+    """Run names, per run its evaluations by seed (key None for a single run), and the seeds
+    every multi-seed folder holds (None for single runs)."""
+    names = _run_names(run_dirs)
+    multi = [is_multi_seed(d) for d in run_dirs]
+    if any(multi) and not all(multi):
+        single = [n for n, m in zip(names, multi, strict=True) if not m]
+        raise InputError(f"cannot pair multi-seed folders with single runs ({', '.join(single)}"
+                         "); give only multi-seed folders (train --seeds) or only runs")
+    if not all(multi):
+        return names, [{None: load_evaluated(d, split, head, n)}
+                       for d, n in zip(run_dirs, names, strict=True)], None
+    by_seed = [seed_runs(d) for d in run_dirs]
+    common = [s for s in by_seed[0] if all(s in runs for runs in by_seed)]
+    if not common:
+        raise InputError("the multi-seed folders share no seed: "
+                         + "; ".join(f"{n}: {', '.join(map(str, r))}"
+                                     for n, r in zip(names, by_seed, strict=True)))
+    groups = [{s: load_evaluated(runs[s], split, head, f"{n} (seed {s})") for s in common}
+              for runs, n in zip(by_seed, names, strict=True)]
+    return names, groups, common
+
+
+def run_row(name: str, group: dict, head: str, y: np.ndarray, scores: list[np.ndarray],
+            units: Units, n_boot: int, seed: int) -> dict:
+    """One comparison row: a single run's metrics.json values, or a multi-seed run's means
+    over seeds with their intervals and the sd over seeds."""
+    evals = list(group.values())
+    ncmi = [e.metrics["ncmi"]["ncmi"] for e in evals if e.metrics["ncmi"]["ncmi"] is not None]
+    row = {"run": name, "loss": evals[0].metrics.get("loss"), "n_seeds": len(evals),
+           "ncmi": float(np.mean(ncmi)) if ncmi else None}
+    if None in group:
+        return {**row, **{m: {**evals[0].metrics["heads"][head][m], "seed_sd": None}
+                          for m in SCALARS}}
+    means = seed_mean_metrics(y, scores, units, n_boot, seed)
+    return {**row, **{m: {k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                          for k, v in means[m].items()} for m in SCALARS}}
+
+
 def compare_runs(run_dirs: Sequence[Path], out_dir: Path, split: str = "test",
                  head: str = "linear_probe", n_boot: int = 1000, seed: int = 0) -> Comparison:
-    """Compare ≥ 2 evaluated runs on ``split`` with ``head``; write the tables to
-    ``out_dir`` and return them. ``n_boot`` resamples and ``seed`` drive the paired
-    bootstrap."""
+    """Compare ≥ 2 evaluated runs (or multi-seed folders) on ``split`` with ``head``; write
+    the tables to ``out_dir`` and return them. ``n_boot`` resamples and ``seed`` drive the
+    paired bootstrap."""
     if head not in HEADS:
         raise InputError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
     if len(run_dirs) < 2:
         raise InputError("compare needs at least two runs")
-    runs = [load_evaluated(d, split, head, n) for d, n in zip(run_dirs, _run_names(run_dirs),
-                                                              strict=True)]
-    check_comparable(runs)
-    classes = runs[0].metrics["classes"]
-    order = runs[0].rows.index
+    names, groups, seeds = load_groups(run_dirs, split, head)
+    evaluated = [e for g in groups for e in g.values()]
+    check_comparable(evaluated)
+    first = evaluated[0]
+    classes = first.metrics["classes"]
+    order = first.rows.index
     index = {c: i for i, c in enumerate(classes)}
-    y = runs[0].rows["true_label"].map(index).to_numpy(dtype=np.int64)
-    scores = {r.name: r.rows.loc[order, [f"score_{c}" for c in classes]].to_numpy(np.float64)
-              for r in runs}
-    units = resampling_units(list(order), runs[0].rows["patient_id"].tolist())
-    rows = [{"run": r.name, "loss": r.metrics.get("loss"),
-             **{m: r.metrics["heads"][head][m] for m in SCALARS},
-             "ncmi": r.metrics["ncmi"]["ncmi"]} for r in runs]
-    pairs = [{"a": a.name, "b": b.name,
-              **paired_difference(y, scores[a.name], scores[b.name], units, n_boot, seed)}
-             for a, b in combinations(runs, 2)]
-    bootstrap = {"n_boot": n_boot, "seed": seed, "unit": units.kind, "n_units": units.n_units}
+    y = first.rows["true_label"].map(index).to_numpy(dtype=np.int64)
+    columns = [f"score_{c}" for c in classes]
+    scores = {n: [e.rows.loc[order, columns].to_numpy(np.float64) for e in g.values()]
+              for n, g in zip(names, groups, strict=True)}
+    units = resampling_units(list(order), first.rows["patient_id"].tolist())
+    rows = [run_row(n, g, head, y, scores[n], units, n_boot, seed)
+            for n, g in zip(names, groups, strict=True)]
+    pairs = [{"a": a, "b": b,
+              **seed_paired_difference(y, scores[a], scores[b], units, n_boot, seed)}
+             for a, b in combinations(names, 2)]
+    bootstrap = {"n_boot": n_boot, "seed": seed, "unit": units.kind, "n_units": units.n_units,
+                 "seeds": seeds}
     text = render_compare_report(rows, pairs, split, head, len(order), bootstrap)
-    paths = write_comparison(Path(out_dir), rows, pairs, text)
+    paths = write_comparison(Path(out_dir), rows, pairs, text, seeds)
+    folders = ([Path(d) for d in run_dirs] if seeds is None else
+               [seed_dir(d, s) for d in run_dirs for s in seeds])
     write_record(Path(out_dir), command="compare",
                  config={"runs": [str(r) for r in run_dirs], "split": split, "head": head,
-                         "n_boot": n_boot, "seed": seed},
-                 inputs=[eval_dir(r, split) / n for r in run_dirs
+                         "n_boot": n_boot, "seed": seed, "seeds": seeds},
+                 inputs=[eval_dir(r, split) / n for r in folders
                          for n in ("metrics.json", "predictions.csv")],
                  outputs=paths, seeds={"bootstrap": seed})
     return Comparison(text=text, rows=rows, pairs=pairs, paths=paths)
 
 
-def write_comparison(out_dir: Path, rows: list[dict], pairs: list[dict], text: str
-                     ) -> list[Path]:
-    """comparison.csv, differences.csv and comparison.md in ``out_dir``, atomically."""
+def write_comparison(out_dir: Path, rows: list[dict], pairs: list[dict], text: str,
+                     seeds: list[int] | None = None) -> list[Path]:
+    """comparison.csv, differences.csv, comparison.md and, for multi-seed runs,
+    differences_by_seed.csv in ``out_dir``, atomically."""
     table = pd.DataFrame([
-        {"run": r["run"], "loss": r["loss"], "ncmi": r["ncmi"],
-         **{k: v for m in SCALARS for k, v in ((m, r[m]["value"]), (f"{m}_ci_low",
-                                                                     r[m]["ci95"][0]),
-                                               (f"{m}_ci_high", r[m]["ci95"][1]))}}
+        {"run": r["run"], "loss": r["loss"], "n_seeds": r["n_seeds"], "ncmi": r["ncmi"],
+         **{k: v for m in SCALARS for k, v in (
+             (m, r[m]["value"]), (f"{m}_ci_low", r[m]["ci95"][0]),
+             (f"{m}_ci_high", r[m]["ci95"][1]), (f"{m}_seed_sd", r[m]["seed_sd"]))}}
         for r in rows])
     diffs = pd.DataFrame([
         {"run_a": p["a"], "run_b": p["b"], "metric": m, "value_a": p[m]["a"],
          "value_b": p[m]["b"], "diff_b_minus_a": p[m]["diff"], "ci_low": p[m]["ci95"][0],
-         "ci_high": p[m]["ci95"][1], "n_boot_valid": p[m]["n_valid"]}
+         "ci_high": p[m]["ci95"][1], "n_boot_valid": p[m]["n_valid"],
+         "n_seeds": p[m]["n_seeds"], "b_better_seeds": p[m]["b_better"],
+         "tied_seeds": p[m]["ties"]}
         for p in pairs for m in SCALARS])
-    paths = [out_dir / "comparison.csv", out_dir / "differences.csv", out_dir / "comparison.md"]
-    for frame, path in zip((table, diffs), paths[:2], strict=False):
-        with atomic_path(path) as tmp:
+    frames = {"comparison.csv": table, "differences.csv": diffs}
+    if seeds is not None:
+        frames["differences_by_seed.csv"] = pd.DataFrame([
+            {"run_a": p["a"], "run_b": p["b"], "seed": s, "metric": m,
+             "diff_b_minus_a": p[m]["per_seed"][i]}
+            for p in pairs for m in SCALARS for i, s in enumerate(seeds)])
+    paths = []
+    for name, frame in frames.items():
+        with atomic_path(out_dir / name) as tmp:
             frame.to_csv(tmp, index=False)
-    with atomic_path(paths[2]) as tmp:
+        paths.append(out_dir / name)
+    with atomic_path(out_dir / "comparison.md") as tmp:
         tmp.write_text(text)
-    return paths
+    return [*paths, out_dir / "comparison.md"]

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..formats.config import loss_settings, resolve_config
+from ..formats.config import loss_settings, resolve_config, split_seed
 from ..formats.featurefile import feature_settings, read_encoder_name
 from ..formats.labels import map_labels
 from ..formats.manifests import load_manifest
@@ -88,7 +88,7 @@ def train_run(config: dict, out_dir: Path, features_dir: Path, manifest: Path, *
     write_record(out_dir, command=command, config=cfg, scope=out_dir,
                  inputs=[Path(manifest), *map(Path, config_files),
                          *(info.path for info in infos.values())],
-                 outputs=outputs, seeds={"seed": cfg["seed"]})
+                 outputs=outputs, seeds={"seed": cfg["seed"], "split": split_seed(cfg)})
     return out_dir
 
 
@@ -120,7 +120,7 @@ def load_or_make_splits(run_dir: Path, df: pd.DataFrame, y: np.ndarray, cfg: dic
         splits = read_splits(run_dir)
         source = str(path)
     else:
-        splits = make_splits(df, y, cfg["split"], cfg["seed"])
+        splits = make_splits(df, y, cfg["split"], split_seed(cfg))
         source = "new splits"
     validate_splits(splits, df, cfg["split"]["method"], source)
     return splits

@@ -4,7 +4,9 @@ Slides of one patient are not independent, so the resampling unit is the patient
 draws as many patients as there are, with replacement, and takes all slides of each draw.
 Slides without a ``patient_id`` are their own unit; with no patient ids at all the unit is the
 slide. The model and the heads stay fixed: the intervals describe the uncertainty from which
-slides happened to be evaluated, not from retraining.
+slides happened to be evaluated, not from retraining. Runs trained with several seeds on the
+same splits are paired by seed, and each resample's patients are shared by every seed
+(:func:`seed_paired_difference`).
 
 A resample where a metric is undefined (e.g. an AUC when a class was not drawn) is left out of
 that metric's interval; how many resamples counted is reported as ``n_valid``.
@@ -103,24 +105,83 @@ def metric_intervals(y: np.ndarray, scores: np.ndarray, units: Units, n_boot: in
 def paired_difference(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray,
                       units: Units, n_boot: int, seed: int) -> dict[str, dict]:
     """B − A for every scalar metric on the same slides, with a paired 95 % interval (both
-    runs scored on each resample's slides).
+    runs scored on each resample's slides): :func:`seed_paired_difference` with one seed.
 
     ``y`` (n,) labels; ``scores_a``, ``scores_b`` (n×C) the two runs' scores for the same
-    slides in the same order. Returns ``{metric: {"a", "b", "diff", "ci95": [lo, hi],
-    "n_valid"}}`` for each of :data:`~wsi_ncmi.stats.metrics.SCALARS`.
+    slides in the same order.
     """
-    y, scores_a = check_inputs(y, scores_a)
-    _, scores_b = check_inputs(y, scores_b)
-    if scores_a.shape != scores_b.shape:
-        raise ValueError(f"scores differ in shape: {scores_a.shape} vs {scores_b.shape}")
+    return seed_paired_difference(y, [scores_a], [scores_b], units, n_boot, seed)
+
+
+def _seed_scores(y: np.ndarray, runs: Sequence[np.ndarray]) -> tuple[np.ndarray, list]:
+    if not runs:
+        raise ValueError("at least one seed is needed")
+    checked = [check_inputs(y, s) for s in runs]
+    if len({s.shape for _, s in checked}) > 1:
+        raise ValueError(f"scores differ in shape: {[s.shape for _, s in checked]}")
+    return checked[0][0], [s for _, s in checked]
+
+
+def seed_paired_difference(y: np.ndarray, scores_a: Sequence[np.ndarray],
+                           scores_b: Sequence[np.ndarray], units: Units, n_boot: int,
+                           seed: int) -> dict[str, dict]:
+    """B − A for every scalar metric, paired by training seed and by patient.
+
+    ``y`` (n,) labels of the n evaluated slides (the same in every seed); ``scores_a[s]``,
+    ``scores_b[s]`` (n×C): runs A and B trained with the s-th seed, rows in the order of
+    ``y``. The point estimate is the mean over seeds of m(B_s) − m(A_s). Each bootstrap
+    replicate draws the patients once and applies that draw to every seed (the seeds were
+    evaluated on the same patients, so their differences share the patients' luck; drawing
+    per seed would treat S seeds as S independent test sets and narrow the interval up to √S
+    times); the interval is the percentile interval of the replicates' mean differences. It
+    describes which patients were tested, given these trained seeds.
+
+    Returns ``{metric: {"a", "b" (means over seeds), "diff", "ci95": [lo, hi], "n_valid",
+    "n_seeds", "per_seed" (list of B − A), "b_better" (seeds with B − A > 0), "ties" (seeds
+    with B − A = 0)}}`` for each of :data:`~wsi_ncmi.stats.metrics.SCALARS`.
+    """
+    if len(scores_a) != len(scores_b):
+        raise ValueError(f"{len(scores_a)} seeds of A but {len(scores_b)} of B")
+    y, a_runs = _seed_scores(y, scores_a)
+    _, b_runs = _seed_scores(y, scores_b)
+    if a_runs[0].shape != b_runs[0].shape:
+        raise ValueError(f"scores differ in shape: {a_runs[0].shape} vs {b_runs[0].shape}")
     k = len(SCALARS)
 
-    def diff(idx: np.ndarray) -> np.ndarray:
-        return metric_vector(y[idx], scores_b[idx])[:k] - metric_vector(y[idx], scores_a[idx])[:k]
+    def mean_diff(idx: np.ndarray) -> np.ndarray:
+        return np.mean([metric_vector(y[idx], b[idx])[:k] - metric_vector(y[idx], a[idx])[:k]
+                        for a, b in zip(a_runs, b_runs, strict=True)], axis=0)
 
-    a, b = metric_vector(y, scores_a)[:k], metric_vector(y, scores_b)[:k]
-    interval = bootstrap(diff, units, n_boot, seed)
-    return {name: {"a": float(a[j]), "b": float(b[j]), "diff": float(b[j] - a[j]),
+    a = np.array([metric_vector(y, s)[:k] for s in a_runs])
+    b = np.array([metric_vector(y, s)[:k] for s in b_runs])
+    d = b - a
+    interval = bootstrap(mean_diff, units, n_boot, seed)
+    return {name: {"a": float(a[:, j].mean()), "b": float(b[:, j].mean()),
+                   "diff": float(d[:, j].mean()),
                    "ci95": [float(interval.low[j]), float(interval.high[j])],
-                   "n_valid": int(interval.n_valid[j])}
+                   "n_valid": int(interval.n_valid[j]), "n_seeds": len(d),
+                   "per_seed": [float(x) for x in d[:, j]],
+                   "b_better": int((d[:, j] > 0).sum()), "ties": int((d[:, j] == 0).sum())}
+            for j, name in enumerate(SCALARS)}
+
+
+def seed_mean_metrics(y: np.ndarray, scores: Sequence[np.ndarray], units: Units,
+                      n_boot: int, seed: int) -> dict[str, dict]:
+    """Every scalar metric of one run trained with several seeds: the mean over seeds with a
+    95 % interval from the same shared patient draws as :func:`seed_paired_difference`.
+
+    ``scores[s]`` (n×C) the s-th seed's scores for the slides of ``y``. Returns ``{metric:
+    {"value", "ci95": [lo, hi], "n_valid", "seed_sd" (sd over seeds, ddof = 1; NaN for one
+    seed), "per_seed"}}``.
+    """
+    y, runs = _seed_scores(y, scores)
+    k = len(SCALARS)
+    values = np.array([metric_vector(y, s)[:k] for s in runs])
+    interval = bootstrap(lambda idx: np.mean([metric_vector(y[idx], s[idx])[:k] for s in runs],
+                                             axis=0), units, n_boot, seed)
+    sd = values.std(0, ddof=1) if len(runs) > 1 else np.full(k, np.nan)
+    return {name: {"value": float(values[:, j].mean()),
+                   "ci95": [float(interval.low[j]), float(interval.high[j])],
+                   "n_valid": int(interval.n_valid[j]), "seed_sd": float(sd[j]),
+                   "per_seed": [float(x) for x in values[:, j]]}
             for j, name in enumerate(SCALARS)}

@@ -1,4 +1,5 @@
-"""Evaluation figures: confusion matrix and one-vs-rest ROC curves, one PNG per head.
+"""Figures: confusion matrix and one-vs-rest ROC curves (one PNG per head), and the course of a
+hyper-parameter search.
 
 Drawn on matplotlib's Agg canvas directly (no pyplot state, no display needed) and written
 atomically.
@@ -72,6 +73,29 @@ def plot_roc(y: np.ndarray, scores: np.ndarray, classes: Sequence[str], path: Pa
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_search(numbers: Sequence[int], values: Sequence[float], pruned: Sequence[bool],
+                path: Path, title: str, objective: str = "validation macro-F1") -> Path:
+    """A search as a PNG at ``path``: ``values`` (the objective of each trial ``numbers``, in
+    trial order; a pruned trial's value is the last it reported, NaN for none) as dots, pruned
+    trials as crosses, and the best finished (not pruned) value so far as a step line."""
+    numbers = np.asarray(numbers)
+    values = np.asarray(values, dtype=np.float64)
+    pruned = np.asarray(pruned, dtype=bool)
+    done = ~pruned & np.isfinite(values)
+    best = np.fmax.accumulate(np.where(done, values, np.nan)) if len(values) else values
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.add_subplot()
+    ax.scatter(numbers[done], values[done], s=18, color="tab:blue", label="finished trial")
+    ax.scatter(numbers[pruned], values[pruned], s=22, marker="x", color="0.55",
+               label="pruned (last reported)")
+    ax.step(numbers, best, where="post", color="tab:red", linewidth=1.5, label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(objective)
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)

@@ -157,22 +157,77 @@ def render_eval_report(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def _delta(entry: dict) -> str:
+    return f"{fmt(entry['diff'])} [{fmt(entry['ci95'][0])}, {fmt(entry['ci95'][1])}]"
+
+
+def _wins(entry: dict) -> str:
+    ties = f", {entry['ties']} tied" if entry["ties"] else ""
+    return f"{entry['b_better']} of {entry['n_seeds']}{ties}"
+
+
 def render_compare_report(rows: list[dict], pairs: list[dict], split: str, head: str,
                           n_slides: int, bootstrap: dict) -> str:
     """``comparison.md``: one row per run (``rows``: run, loss, metric entries) and one per
-    pair of runs with paired differences (``pairs``)."""
+    pair of runs with paired differences (``pairs``); ``bootstrap["seeds"]``: the seeds the
+    runs were paired on, None for single runs."""
+    seeds = bootstrap.get("seeds")
     header = ["run", "loss", *(METRIC_NAMES[n] for n in SCALARS), "NCMI"]
     body = [[r["run"], r["loss"], *(fmt_ci(r[n]) for n in SCALARS), fmt(r["ncmi"])]
             for r in rows]
-    diff_rows = [[f"{p['b']} − {p['a']}",
-                  *(f"{fmt(p[n]['diff'], 3)} [{fmt(p[n]['ci95'][0])}, {fmt(p[n]['ci95'][1])}]"
-                    for n in ("macro_f1", "auc_macro"))] for p in pairs]
+    if seeds is None:
+        intro = ("**One seed.** Each run is a single trained model: the intervals cover which "
+                 "test patients were drawn, not retraining, and a difference between single "
+                 "seeds can reverse with another seed (train each loss with `--seeds 0,1,2,3,4` "
+                 "and compare the multi-seed folders).")
+        pair_header = ["runs", "Δ macro-F1", "Δ AUC (macro OvR)"]
+        diff_rows = [[f"{p['b']} − {p['a']}", _delta(p["macro_f1"]), _delta(p["auc_macro"])]
+                     for p in pairs]
+        method = ("both runs are scored on each resample's slides. An interval that excludes "
+                  "0 means the difference holds on resampled test sets.")
+    else:
+        intro = (f"**{len(seeds)} seeds** ({', '.join(map(str, seeds))}), paired: every run "
+                 "was trained once per seed on the same splits; values are means over the "
+                 "seeds, ± the sd over seeds in the last column.")
+        header.append("macro-F1 sd over seeds")
+        for line, r in zip(body, rows, strict=True):
+            line.append(fmt(r["macro_f1"]["seed_sd"]))
+        pair_header = ["runs", "Δ macro-F1 (mean over seeds)", "B better (macro-F1)",
+                       "Δ AUC (mean over seeds)", "B better (AUC)", "Δ macro-F1 per seed"]
+        diff_rows = [[f"{p['b']} − {p['a']}", _delta(p["macro_f1"]), _wins(p["macro_f1"]),
+                      _delta(p["auc_macro"]), _wins(p["auc_macro"]),
+                      ", ".join(f"{s}: {d:+.3f}" for s, d in
+                                zip(seeds, p["macro_f1"]["per_seed"], strict=True))]
+                     for p in pairs]
+        method = ("each resample draws the patients once and scores every seed's two runs on "
+                  "that draw; the statistic is the mean over seeds of B − A. The interval "
+                  "covers which test patients were drawn, given these trained seeds; how much "
+                  "the seeds disagree shows in the per-seed differences and in how many seeds "
+                  "B beat A.")
     return "\n".join([
         f"# Comparison on the {split} split, {HEAD_NAMES[head]}", "",
-        f"{len(rows)} runs evaluated on the same {n_slides} slides.", "",
+        f"{len(rows)} runs evaluated on the same {n_slides} slides.", "", intro, "",
         *table(header, body), "",
         "## Paired differences (B − A, 95 % paired bootstrap interval)", "",
-        *table(["runs", "Δ macro-F1", "Δ AUC (macro OvR)"], diff_rows), "",
+        *table(pair_header, diff_rows), "",
         f"Intervals: {bootstrap['n_boot']} resamples of {bootstrap['unit']}s, seed "
-        f"{bootstrap['seed']}; both runs are scored on each resample's slides. An interval "
-        "that excludes 0 means the difference holds on resampled test sets.", ""])
+        f"{bootstrap['seed']}; {method}", ""])
+
+
+def render_seeds_report(run: str, split: str, rows: list[dict], summary: dict) -> str:
+    """``eval/<split>/report.md`` of a multi-seed folder: per head, each seed's scalar metrics
+    (``rows``: one dict per seed and head, with ``seed``, ``head`` and the :data:`SCALARS`,
+    None where undefined) and their mean ± sd over seeds (``summary``: head → metric →
+    ``{"mean", "sd"}``)."""
+    seeds = list(dict.fromkeys(r["seed"] for r in rows))
+    lines = [f"# Evaluation on the {split} split, {len(seeds)} seeds", "",
+             f"Run `{run}`: one run per training seed, the same splits for every seed. Each "
+             f"seed's own report is in `seed_<s>/eval/{split}/report.md`.", ""]
+    for head, stats in summary.items():
+        body = [[str(r["seed"]), *(fmt(r[n]) for n in SCALARS)] for r in rows
+                if r["head"] == head]
+        body.append(["mean ± sd", *(f"{fmt(stats[n]['mean'])} ± {fmt(stats[n]['sd'])}"
+                                    for n in SCALARS)])
+        lines += [f"## {HEAD_NAMES[head]}", "",
+                  *table(["seed", *(METRIC_NAMES[n] for n in SCALARS)], body), ""]
+    return "\n".join(lines)
