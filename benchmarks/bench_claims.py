@@ -123,7 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohorts", default="camelyon_like,bracs_like")
     parser.add_argument("--slides", type=int, default=56, help="slides (= patients) per cohort")
-    parser.add_argument("--min-val-patients", type=int, default=3,
+    parser.add_argument("--min-val-patients", type=int, default=2,
                         help="tune on the validation split when each class has this many")
     parser.add_argument("--trials", type=int, default=4, help="tune trials per loss")
     parser.add_argument("--seeds", default="0,1,2,3,4")

@@ -258,7 +258,7 @@ def main() -> None:
                         help="recipes for `runs` / `screen` (comma-separated)")
     parser.add_argument("--trials", type=int, default=8, help="tune trials per loss")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds of `runs`")
-    parser.add_argument("--n-boot", type=int, default=500)
+    parser.add_argument("--n-boot", type=int, default=300)
     parser.add_argument("--work", type=Path,
                         default=Path.home() / ".cache" / "wsi-ncmi" / "bench" / "defaults")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" /

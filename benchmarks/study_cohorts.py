@@ -61,10 +61,10 @@ class RealCohort:
 
 
 COHORTS: dict[str, SyntheticCohort | RealCohort] = {
-    "easy_c2_d64": SyntheticCohort(2, 64, (30, 90), 0.2, 1.0, (30, 12, 40)),
-    "wide_c3_d1536": SyntheticCohort(3, 1536, (20, 60), 0.1, 1.5, (24, 12, 30)),
-    "many_c7_d256": SyntheticCohort(7, 256, (30, 90), 0.2, 1.5, (16, 10, 20)),
-    "rare_c3_d128": SyntheticCohort(3, 128, (200, 600), 0.01, 3.0, (14, 10, 20)),
+    "c2_d64_w5": SyntheticCohort(2, 64, (30, 90), 0.2, 2.0, (30, 12, 40)),
+    "c3_d1536_w10": SyntheticCohort(3, 1536, (20, 60), 0.1, 3.0, (24, 12, 30)),
+    "c7_d256_w5": SyntheticCohort(7, 256, (30, 90), 0.2, 2.5, (16, 10, 20)),
+    "c3_d128_w100": SyntheticCohort(3, 128, (200, 600), 0.01, 4.0, (14, 10, 20)),
     "real_c3_d1024": RealCohort(108, (0.4, 0.3, 0.3)),
 }
 

@@ -5,6 +5,7 @@ only the tuned fold's test slides."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import h5py
@@ -160,3 +161,36 @@ def test_kfold_claim_scores_only_the_tuned_fold(tmp_path):
     assert table.loc["ncmi", "macro_f1"] == pytest.approx(
         np.mean(seed_f1(runs / "ncmi", "centroid", fold1)))
     assert "outer fold 1 only" in (tmp_path / "out" / "claim.md").read_text()
+
+
+def test_snakemake_claim_target_plans_every_loss(tmp_path):
+    pytest.importorskip("snakemake")
+    from workflow import job_counts, snakemake
+
+    (tmp_path / "manifest.csv").write_text(
+        "slide_id,path,label,patient_id,split\n"
+        + "".join(f"s{i},s{i}.svs,{'ab'[i % 2]},p{i},{'train' if i < 2 else 'test'}\n"
+                  for i in range(4)))
+    (tmp_path / "cohort.yaml").write_text(yaml.safe_dump({
+        "manifest": "manifest.csv", "extract": {"encoder": "test_resnet"},
+        "train": {"configs": [], "loss_config": None},
+        "tune": {"trials": 2, "workers": 2, "space": "space.yaml"},
+        "claim": {"loss": "ncmi", "losses": ["ncmi", "ce", "supcon"], "seeds": [0, 1, 2]}}))
+    (tmp_path / "space.yaml").write_text("space: {optim.lr: {low: 0.001, high: 0.01}}\n")
+    proc = snakemake(tmp_path, "claim", "-n", "-p", "--cores", "2", "--configfile", "cohort.yaml")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    out = proc.stdout + proc.stderr
+    assert job_counts(out) == {"claim": 1, "claim_table": 1, "claim_eval": 3, "claim_train": 3,
+                               "tune_report": 3, "tune_worker": 6, "cohort": 1,
+                               "slide_row": 4, "tile": 4, "extract": 4}
+    assert "--seeds 0,1,2" in out and "tune/ce/best.yaml" in out
+    assert re.search(r"wsi_ncmi claim workspace/claim/runs --tune workspace/tune --losses "
+                     r"ncmi,ce,supcon --split test --head own --head linear_probe --loss ncmi "
+                     r"--fold 0", out)
+    bad = snakemake(tmp_path, "claim", "-n", "--configfile", "cohort.yaml", "--config",
+                    "claim={loss: focal, losses: [ncmi, hinge], seeds: [0, 0], heads: [x]}")
+    message = bad.stdout + bad.stderr
+    assert bad.returncode != 0
+    for problem in ("claim.losses: unknown loss 'hinge'", "claim.loss 'focal' must be one of",
+                    "claim.seeds must list distinct integers", "claim.heads must list"):
+        assert problem in message
