@@ -64,9 +64,9 @@ OLD_DEFAULTS = {
 }
 #: candidate default recipes, screened on validation (``screen``); chosen from the tunes
 CANDIDATES: dict[str, dict] = {
-    "cand_lr1e3_e100": {"optim": {"lr": 1e-3, "epochs": 100, "patience": 20}},
-    "cand_lr3e3_e100": {"optim": {"lr": 3e-3, "epochs": 100, "patience": 20}},
-    "cand_lr1e3_e200": {"optim": {"lr": 1e-3, "epochs": 200, "patience": 30}},
+    "cand_lr5e4": {"optim": {"lr": 5e-4, "epochs": 100, "max_tiles": 512}},
+    "cand_lr1e3": {"optim": {"lr": 1e-3, "epochs": 100, "max_tiles": 512}},
+    "cand_lr2e3": {"optim": {"lr": 2e-3, "epochs": 100, "max_tiles": 512}},
 }
 #: the head each loss validates with during training (and tune selects on)
 OWN_HEAD = {"ncmi": "centroid", "supcon": "centroid"}
@@ -237,16 +237,46 @@ def markdown(table: pd.DataFrame, cohort: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary(tables: list[pd.DataFrame]) -> str:
+    """One line per cohort and loss (own head): each recipe's test macro-F1 and its Δ to
+    tuned."""
+    rows = pd.concat(tables)
+    rows = rows[rows["head"] != "linear_probe"]
+    recipes = [r for r in ("tuned", "old_defaults", "defaults", *CANDIDATES)
+               if r in set(rows["recipe"])]
+    head = ["cohort", "loss (head)", *(f"{r}" for r in recipes)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (cohort, loss), group in rows.groupby(["cohort", "loss"], sort=False):
+        by = group.set_index("recipe")
+        cells = []
+        for r in recipes:
+            if r not in by.index:
+                cells.append("–")
+                continue
+            x = by.loc[r]
+            cell = f"{x.macro_f1:.3f}"
+            if r != "tuned":
+                cell += f" (Δ {x.diff_vs_tuned:+.3f} [{x.diff_ci_low:+.3f}, {x.diff_ci_high:+.3f}])"
+            cells.append(cell)
+        lines.append(f"| {cohort} | {loss} ({group['head'].iloc[0]}) | " + " | ".join(cells)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_tables(work: Path, results: Path, cohorts: list[str], losses: list[str],
                  n_boot: int) -> None:
     results.mkdir(parents=True, exist_ok=True)
+    tables = []
     for cohort in cohorts:
         table = cohort_table(work, cohort, losses, n_boot)
         if table.empty:
             continue
+        tables.append(table)
         table.to_csv(results / f"{cohort}.csv", index=False, float_format="%.4f")
         (results / f"{cohort}.md").write_text(markdown(table, cohort))
         log.info("wrote %s", results / f"{cohort}.md")
+    if tables:
+        (results / "summary.md").write_text(summary(tables))
 
 
 def main() -> None:

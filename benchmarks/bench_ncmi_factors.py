@@ -45,9 +45,9 @@ VARIANTS: dict[str, dict | None] = {
     "T=0.1": {"temperature": 0.1},
     "T=0.5": {"temperature": 0.5},
     "ema=0.9": {"ema_decay": 0.9},
-    "ema=0.999": {"ema_decay": 0.999},
+    "ema=0.99": {"ema_decay": 0.99},
     "ratio=batch": {"ratio": "batch"},
-    "qstep=slow": {"centroid_lr": 0.05, "centroid_warmup": 0.3},
+    "qstep=old": {"centroid_lr": 0.5, "centroid_momentum": 0.9, "centroid_warmup": 0.1},
 }
 log = logging.getLogger("bench_ncmi_factors")
 
