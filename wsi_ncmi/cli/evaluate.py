@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 
 from .app import app
-from .common import fail, setup_logging
+from .common import VerboseOption, fail, setup_logging
 
 
 @app.command("eval")
 def eval_command(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `wsi-ncmi train`.")],
+    run: Annotated[Path, typer.Argument(metavar="RUN",
+                                        help="Run folder written by `wsi-ncmi train`.")],
     split: Annotated[str, typer.Option(help="Part of every fold to evaluate: train | val | "
                                        "test.")] = "test",
     features_dir: Annotated[Path | None, typer.Option(
@@ -34,7 +35,7 @@ def eval_command(
     slide_root: Annotated[Path | None, typer.Option(
         help="Folder the manifest's slide paths are relative to, for --heatmaps (default: "
         "the manifest's folder).")] = None,
-    verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Metrics with bootstrap intervals, predictions, plots and report.md for one split."""
     import json
@@ -55,3 +56,5 @@ def eval_command(
         typer.echo(f"{HEAD_NAMES[head]:>15}: macro-F1 {fmt_ci(m['macro_f1'])}  "
                    f"AUC {fmt_ci(m['auc_macro'])}")
     typer.echo(f"wrote {out}")
+    if heatmaps > 0:
+        typer.echo(f"heatmaps of the {heatmaps} most confident slides in {out / 'heatmaps'}")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .app import app
-from .common import fail
+from .common import VerboseOption, fail, setup_logging
 
 
 @app.command()
@@ -16,11 +16,13 @@ def verify(
     target: Annotated[Path, typer.Argument(
         metavar="DIR_OR_RECORD", help="A provenance record (.json), or a folder whose records "
         "(*.json there and in provenance/) are all checked.")],
+    verbose: VerboseOption = False,
 ) -> None:
     """Re-fingerprint every input and output of a record; exit 1 if any drifted or is missing."""
     from ..errors import InputError
     from ..stages.provenance import find_records, read_record, verify_record
 
+    setup_logging(verbose)
     try:
         records = find_records(target)
         results = []
