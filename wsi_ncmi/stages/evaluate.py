@@ -53,6 +53,7 @@ from ..formats.runfolder import (
 )
 from ..model.device import select_device
 from ..model.heads import HEADS, fit_centroids, fit_linear_probe
+from ..model.predictor import centroid_temperature
 from ..stats.bootstrap import CI_LEVEL, Units, metric_intervals, resampling_units
 from ..stats.metrics import ECE_BINS, SCALARS, compute_metrics
 from ..stats.plots import plot_confusion, plot_roc
@@ -120,11 +121,15 @@ def evaluate_run(run_dir: Path, split: str = "test", features_dir: Path | None =
     run_dir = Path(run_dir)
     data = load_run_data(run_dir, features_dir, manifest, split)
     dev = str(select_device(device))
+    log.info("eval %s on the %s split: %d fold(s), %s", run_dir, split,
+             sum(bool(f[split]) for f in data.splits["folds"]), dev)
     results = [evaluate_fold(fold_dir(run_dir, fold["fold"]), fold, split, data, probe_input,
                              seed, dev)
                for fold in data.splits["folds"] if fold[split]]
+    log.info("eval: bootstrap intervals over patients (%d resamples)", n_boot)
     metrics = build_metrics(results, data, run_dir, split, n_boot, seed, probe_input)
     out_dir = eval_dir(run_dir, split)
+    log.info("eval: writing metrics, predictions, plots and the report to %s", out_dir)
     outputs = write_outputs(out_dir, results, data, metrics)
     if heatmaps > 0:
         picks = most_confident(results, data.classes, heatmaps)
@@ -140,12 +145,13 @@ def evaluate_run(run_dir: Path, split: str = "test", features_dir: Path | None =
 def most_confident(results: list[FoldResult], classes: list[str], k: int,
                    head: str = "linear_probe") -> list[tuple[int, str, SlideCall]]:
     """The ``k`` evaluated slides ``head`` predicts most confidently (highest top probability;
-    ties by slide id), each with the fold that scored it and its prediction."""
+    ties by slide id), each with the fold that scored it and its prediction (with the true
+    class)."""
     ranked = sorted((-float(r.scores[head][i].max()), sid, r.fold,
-                     classes[int(r.scores[head][i].argmax())])
+                     classes[int(r.scores[head][i].argmax())], classes[int(r.y[i])])
                     for r in results for i, sid in enumerate(r.slide_ids))
-    return [(fold, sid, SlideCall(name, -neg_p, head))
-            for neg_p, sid, fold, name in ranked[:k]]
+    return [(fold, sid, SlideCall(name, -neg_p, head, true_class=truth))
+            for neg_p, sid, fold, name, truth in ranked[:k]]
 
 
 def slide_files(manifest: Path, slide_root: Path | None) -> dict[str, Path]:
@@ -170,7 +176,7 @@ def write_eval_record(out_dir: Path, run_dir: Path, data: RunData, split: str,
         out_dir, command="wsi-ncmi eval",
         config={"run": str(run_dir), "split": split, **settings,
                 "features_dir": str(data.features_dir), "manifest": str(data.manifest)},
-        inputs=[*model_files(run_dir, folds, probe=False), data.manifest,
+        inputs=[*model_files(run_dir, folds, probe=False, calibration=True), data.manifest,
                 *(bag_path(data.features_dir, s) for s in slides)],
         outputs=outputs, seeds={"bootstrap": settings["seed"], "probe_cv": settings["seed"]})
 
@@ -204,6 +210,8 @@ def evaluate_fold(fold_dir: Path, fold: dict, split: str, data: RunData, probe_i
     every applicable head."""
     from ..model.inference import load_fold, run_model
 
+    log.info("eval fold %s: running the model on %d training and %d %s slide(s)",
+             fold["fold"], len(fold["train"]), len(fold[split]), split)
     loaded = load_fold(fold_dir, device)
     if list(loaded.meta["classes"]) != data.classes:
         raise InputError(f"{fold_dir / META}: classes {loaded.meta['classes']} differ "
@@ -223,12 +231,15 @@ def evaluate_fold(fold_dir: Path, fold: dict, split: str, data: RunData, probe_i
     probe = fit_linear_probe(train[probe_input], y_train, n_classes,
                              groups=patients if any(patients) else None, seed=seed)
     means = fit_centroids(train["p"], y_train, n_classes)
+    temperature = centroid_temperature(fold_dir.parent, int(fold["fold"]), loaded.meta,
+                                       data.manifest)
     scores = {"linear_probe": probe.scores(evaluated[probe_input]),
-              "centroid": centroid_scores(evaluated["p"], means)}
+              "centroid": centroid_scores(evaluated["p"], means, temperature)}
     fit = {"linear_probe": {"input": probe_input, "C": probe.C, **probe.selection,
                             "n_train_slides": len(train_ids)},
            "centroid": {"outputs": f"p ({evaluated['p'].shape[1]}-simplex)",
-                        "n_train_slides": len(train_ids)}}
+                        "n_train_slides": len(train_ids),
+                        "temperature": temperature}}
     if evaluated["logits"] is not None:
         scores["classifier"] = softmax(evaluated["logits"])
         fit["classifier"] = {"outputs": f"softmax of the {loaded.meta['loss']} run's logits"}
