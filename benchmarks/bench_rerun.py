@@ -6,6 +6,9 @@ outputs (predict: the demo's first two slides into ``DEMO/bench_predict``); then
 is rerun ``--runs`` times and the median wall time printed with the machine and its load.
 
     python benchmarks/bench_rerun.py DEMO [--runs 3]
+
+The commands run as ``python -m wsi_ncmi`` in the current folder: they use the ``wsi_ncmi``
+found there first, then on ``PYTHONPATH`` (compare two trees from a neutral folder).
 """
 
 from __future__ import annotations
