@@ -43,8 +43,7 @@ PROBE_MAX_FOLDS = 5
 PROBE_DEFAULT_C = 1.0
 PROBE_MAX_ITER = 5000
 #: bounds of a fitted temperature, in units of the logits' spread (their mean standard
-#: deviation over classes): a validation set the head separates perfectly drives the log-loss
-#: optimum towards T → 0, so the search stops at the lower bound
+#: deviation over classes)
 TEMPERATURE_RANGE = (0.01, 100.0)
 
 
@@ -141,8 +140,11 @@ def fit_centroids(p: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature T minimising the mean log-loss of softmax(``logits`` / T) (n×C)
-    against labels ``y`` (n,) in 0..C-1 — temperature scaling (Guo et al. 2017), searched in
+    """The temperature T minimising the mean cross-entropy of softmax(``logits`` / T) (n×C)
+    against labels ``y`` (n,) in 0..C-1 — temperature scaling (Guo et al. 2017) — with
+    Platt's smoothed targets: (n_c + 1)/(n_c + 2) on a slide's class c (n_c: slides of c),
+    the rest shared by the other classes. So a few slides the head separates perfectly give
+    finite confidence, not T → 0; with many slides the targets are the labels. Searched in
     :data:`TEMPERATURE_RANGE` times the logits' spread (1 when they do not spread).
     Predictions (the argmax) are unchanged; only confidence is rescaled."""
     from scipy.optimize import minimize_scalar
@@ -154,14 +156,19 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     spread = float(np.mean(np.std(logits, axis=1)))
     if not spread > 0:
         return 1.0
+    n, n_classes = logits.shape
+    count = np.bincount(y, minlength=n_classes)[y]
+    hit = (count + 1) / (count + 2)
+    targets = np.repeat(((1 - hit) / (n_classes - 1))[:, None], n_classes, axis=1)
+    targets[np.arange(n), y] = hit
 
-    def nll(log_t: float) -> float:
+    def cross_entropy(log_t: float) -> float:
         z = logits / np.exp(log_t)
         z = z - z.max(1, keepdims=True)
-        return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))
+        return float(np.mean(np.log(np.exp(z).sum(1)) - (targets * z).sum(1)))
 
     low, high = np.log(TEMPERATURE_RANGE) + np.log(spread)
-    best = minimize_scalar(nll, bounds=(low, high), method="bounded",
+    best = minimize_scalar(cross_entropy, bounds=(low, high), method="bounded",
                            options={"xatol": 1e-6})
     return float(np.exp(best.x))
 

@@ -9,8 +9,9 @@ Heads (:mod:`wsi_ncmi.model.heads`):
   as ``fold_<k>/probe.json`` (plain numbers, no pickle) with the sha256 of the embeddings they
   came from; a retrained fold gets a new probe.
 - ``centroid``: softmax over classes of −KL(p‖s_c) / T, s_c from ``model.json``'s
-  ``centroid_head_means`` and the temperature T fitted by log-loss on the fold's validation
-  slides (p from ``embeddings.npz``, labels from the run's manifest), stored once as
+  ``centroid_head_means`` and the temperature T fitted on the fold's validation slides
+  (:func:`~wsi_ncmi.model.heads.fit_temperature`; p from ``embeddings.npz``, labels from the
+  run's manifest), stored once as
   ``fold_<k>/centroid_calibration.json`` with the sha256 of those embeddings, T, and the
   validation log-loss and ECE before and after (T = 1, said in the record, when the fold has
   no validation slides).
