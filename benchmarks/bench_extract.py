@@ -12,7 +12,8 @@ On a generated slide (``common.big_slide``), with the same tiles for all:
 3. native-tile decodes per distinct native tile read (``--decode-workers``): items go to
    reader processes round-robin and each keeps its own cache, so a native tile that items of
    two processes share is decoded twice; counted by replaying the loader's items in-process,
-   for the CPU path and for the device path (one batched decode per encoder batch);
+   for the CPU path and for the device path (one batched decode per encoder batch, with the
+   main process's cache of decoded native tiles; decoded here on the CPU);
 4. peak resident memory of the main process and of the largest reader process.
 
     python benchmarks/bench_extract.py [--encoder resnet50_trunc --max-tiles 400 --device auto]
@@ -40,7 +41,11 @@ from wsi_ncmi.formats.tilefile import read_tile_file, write_tile_file  # noqa: E
 from wsi_ncmi.model.device import select_device  # noqa: E402
 from wsi_ncmi.model.encoders import load_encoder  # noqa: E402
 from wsi_ncmi.slides.access import open_slide  # noqa: E402
-from wsi_ncmi.slides.gpudecode import read_run_compressed  # noqa: E402
+from wsi_ncmi.slides.gpudecode import (  # noqa: E402
+    DecodedTiles,
+    decode_runs,
+    read_run_compressed,
+)
 from wsi_ncmi.slides.jpegtiff import JpegTiffSlide  # noqa: E402
 from wsi_ncmi.slides.readers import open_reader  # noqa: E402
 from wsi_ncmi.slides.reading import ReadSpec, region_runs  # noqa: E402
@@ -103,19 +108,19 @@ def decodes_per_native_tile(slide: Path, coords: np.ndarray, spec: ReadSpec,
                 readers[i % workers].read_run(coords[a:b])
     finally:
         JpegTiffSlide._decode = real
-    device_decodes, batch, filled = 0, set(), 0
-    for runs in items:
-        for a, b in runs:
-            plan = read_run_compressed(readers[0], coords[a:b])
-            batch.update(plan.streams if plan else ())
-            filled += b - a
+    cache, batch, filled = DecodedTiles(), [], 0
+    for runs in items:  # the main process's batches of the device path, decoded on the CPU
+        batch += [plan for a, b in runs if (plan := read_run_compressed(readers[0], coords[a:b]))]
+        filled += sum(b - a for a, b in runs)
         if filled >= config.batch_size:
-            device_decodes, batch, filled = device_decodes + len(batch), set(), 0
-    device_decodes += len(batch)
+            decode_runs(batch, "cpu", cache)
+            batch, filled = [], 0
+    if batch:
+        decode_runs(batch, "cpu", cache)
     for reader in readers:
         reader.close()
     distinct = len(set(decoded))
-    return len(decoded) / max(1, distinct), device_decodes / max(1, distinct)
+    return len(decoded) / max(1, distinct), cache.decoded / max(1, distinct)
 
 
 def main() -> None:

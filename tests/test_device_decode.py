@@ -14,7 +14,12 @@ import pytest
 import torch
 
 from wsi_ncmi.formats.featurefile import read_features
-from wsi_ncmi.slides.gpudecode import decode_runs, read_run_compressed, resize_area
+from wsi_ncmi.slides.gpudecode import (
+    DecodedTiles,
+    decode_runs,
+    read_run_compressed,
+    resize_area,
+)
 from wsi_ncmi.slides.readers import open_reader
 from wsi_ncmi.slides.reading import ReadSpec, region_runs
 from wsi_ncmi.slides.synthetic import write_synthetic_slide
@@ -75,6 +80,15 @@ def test_runs_sharing_native_tiles_decode_each_once(slide, monkeypatch):
     assert sum(len(p.streams) for p in plans) == 35 and calls == [6 * 3]  # 6 cols × 3 rows
     want = np.concatenate([reader.read_run(coords[a:b])[0] for a, b in runs])
     np.testing.assert_array_equal(got, want)
+    # in separate batches (one per tile row), a cache of decoded tiles keeps the shared ones
+    cache, calls[:] = DecodedTiles(), []
+    rows = [decode_runs(plans[r:r + 2], "cpu", cache).numpy() for r in (0, 2, 4)]
+    np.testing.assert_array_equal(np.concatenate(rows), want)
+    assert calls == [6, 6, 6] and cache.decoded == 18  # new native rows: 0 | 1 | 2
+    small = DecodedTiles(max_bytes=256 * 256 * 3 * 4)  # keeps 4 native tiles
+    for r in (0, 2, 4):
+        decode_runs(plans[r:r + 2], "cpu", small)
+    assert small.decoded > 18
 
 
 def test_gather_falls_back_to_the_cpu_path_per_run(slide, monkeypatch):
@@ -96,9 +110,9 @@ def test_gather_falls_back_to_the_cpu_path_per_run(slide, monkeypatch):
     assert sum(len(i.cpu_rows) for i in items) == 3 and sum(len(i.runs) for i in items) == 5
     failing = items[0].runs[1][1]
     batches = []
-    monkeypatch.setattr(tileloader, "decode_runs", lambda runs, device: batches.append(
+    monkeypatch.setattr(tileloader, "decode_runs", lambda runs, *args: batches.append(
         len(runs)) or (_raise() if any(r is failing for r in runs) else real_decode(runs,
-                                                                                    device)))
+                                                                                    *args)))
     idx, tiles, ok, on_device = tileloader.gather(items, torch.device("cpu"), reader, coords)
     cpu_reader = open_reader(slide, spec, "openslide")
     want = np.concatenate([cpu_reader.read_run(coords[a:b])[0]

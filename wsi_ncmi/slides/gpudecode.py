@@ -16,6 +16,7 @@ matrix products.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -25,6 +26,7 @@ from .jpegtiff import DirectTileReader, JpegTiffSlide
 from .reading import ReadSpec
 
 _AREA = 4096  # OpenSlide's largest single painted area (px)
+DEVICE_CACHE_BYTES = 256 * 2**20  # decoded native tiles kept on the device per slide
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,48 @@ def _pieces(lv, top: int, left: int, side: int):
                 yield col, row, a - top, c - left, a - ty, c - tx, b - a, d - c
 
 
-def decode_runs(runs: list[CompressedRun], device: str = "cpu"):
+class DecodedTiles:
+    """Native tiles decoded on a device, kept between batches (least recently used out first,
+    at most ``max_bytes``) and keyed by their complete JPEG stream: rows of tiles that do not
+    line up with native tiles share native tiles with the next row, which is usually in the
+    next encoder batch. ``decoded`` counts the streams decoded so far."""
+
+    def __init__(self, max_bytes: int = DEVICE_CACHE_BYTES):
+        self.max_bytes = max_bytes
+        self.decoded = 0
+        self._tiles: OrderedDict = OrderedDict()
+        self._bytes = 0
+
+    def get(self, streams: list[bytes], device: str) -> list:
+        """Decoded tiles (3×h×w uint8 on ``device``) of distinct ``streams``; those not kept
+        are decoded in one batched call. Raises RuntimeError when one does not decode."""
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        missing = [s for s in streams if s not in self._tiles]
+        if missing:
+            data = [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in missing]
+            for stream, tile in zip(missing, decode_jpeg(data, mode=ImageReadMode.RGB,
+                                                        device=device), strict=True):
+                self._tiles[stream] = tile
+                self._bytes += tile.numel()
+            self.decoded += len(missing)
+        out = []
+        for stream in streams:
+            self._tiles.move_to_end(stream)
+            out.append(self._tiles[stream])
+        while self._bytes > self.max_bytes and self._tiles:
+            self._bytes -= self._tiles.popitem(last=False)[1].numel()
+        return out
+
+
+def decode_runs(runs: list[CompressedRun], device: str = "cpu",
+                cache: DecodedTiles | None = None):
     """Decode the streams of ``runs`` in one batched call on ``device`` (a native tile that
-    several runs share is decoded once) and assemble their tiles: a uint8 tensor
-    N×side×side×3 on ``device``, N the runs' tiles in order. All runs must share one side.
-    Raises RuntimeError when a stream does not decode or decodes to too small an image."""
+    several runs share, or that ``cache`` holds, is decoded once) and assemble their tiles: a
+    uint8 tensor N×side×side×3 on ``device``, N the runs' tiles in order. All runs must share
+    one side. Raises RuntimeError when a stream does not decode or decodes too small."""
     import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
 
     sides = {run.side for run in runs}
     if len(sides) > 1:
@@ -92,8 +129,7 @@ def decode_runs(runs: list[CompressedRun], device: str = "cpu"):
     side = sides.pop() if sides else 0
     unique: dict[bytes, int] = {}
     where = [[unique.setdefault(s, len(unique)) for s in run.streams] for run in runs]
-    data = [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in unique]
-    decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device) if data else []
+    decoded = (cache or DecodedTiles(0)).get(list(unique), device) if unique else []
     out = torch.full((sum(run.n_tiles for run in runs), side, side, 3), 255, dtype=torch.uint8,
                      device=device)
     first_tile = 0
@@ -119,7 +155,7 @@ def _decodes_on(device: str) -> bool:
 
         probe = encode_jpeg(torch.full((3, 8, 8), 128, dtype=torch.uint8))
         return decode_jpeg([probe], device=device)[0].shape == (3, 8, 8)
-    except (ImportError, RuntimeError):
+    except (ImportError, RuntimeError, ValueError, NotImplementedError):
         return False
 
 

@@ -31,7 +31,7 @@ from ..formats.tilefile import TILING_KEYS, read_tile_file, settings_key
 from ..model.device import select_device, select_precision
 from ..model.encoders import Encoder, load_encoder
 from ..slides.access import open_slide
-from ..slides.gpudecode import device_decode_available
+from ..slides.gpudecode import DecodedTiles, device_decode_available
 from ..slides.readers import READERS
 from ..slides.reading import ReadSpec, resolve_grid
 from .jobs import SlideJob, record_tag, shard_jobs
@@ -229,6 +229,7 @@ def _encode_to_h5(tmp, slide_path, coords, spec, encoder, config, device, precis
     mean = torch.tensor(encoder.spec.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(encoder.spec.std, device=device).view(1, 3, 1, 1)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    cache = DecodedTiles() if compressed else None
     written, on_device = 0, 0
     with h5py.File(tmp, "w") as f:
         feats = f.create_dataset("features", (n, dim), dtype=dtype, maxshape=(n, dim),
@@ -237,7 +238,7 @@ def _encode_to_h5(tmp, slide_path, coords, spec, encoder, config, device, precis
 
         def flush(pending) -> None:
             nonlocal written, on_device
-            idx, tiles, good, decoded = gather(pending, device, reader, coords)
+            idx, tiles, good, decoded = gather(pending, device, reader, coords, cache)
             on_device += decoded
             x = tiles.permute(0, 3, 1, 2).float()
             x = x.div_(255).sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)

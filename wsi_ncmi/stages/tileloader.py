@@ -14,9 +14,14 @@ Two kinds of item, one per pixel path:
   CPU path's retry-once-then-skip policy applies to both.
 
 Items are handed to worker processes round-robin, and each worker keeps its own cache of
-decoded native tiles: a native tile that runs of two workers' items share (224-px tiles
-over 256-px native tiles share most) is decoded once by each. ``benchmarks/bench_extract.py``
-counts it.
+decoded native tiles: on the CPU path a native tile that runs of two workers' items share
+(224-px tiles over 256-px native tiles: most, between adjacent tile rows) is decoded by each,
+and one worker's 32 MiB cache does not hold the two native rows of a wide slide either
+(``benchmarks/bench_extract.py`` counts ~2 decodes per native tile then, 1 where tiles line
+up with native tiles). On the device path the main process decodes every native tile and
+keeps them between batches (:class:`~wsi_ncmi.slides.gpudecode.DecodedTiles`, 256 MiB: the
+two native rows of a slide up to ~160 000 px wide at 256-px native tiles), so each is
+decoded once.
 """
 
 from __future__ import annotations
@@ -27,7 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..slides.gpudecode import CompressedRun, decode_runs, read_run_compressed, resize_area
+from ..slides.gpudecode import (
+    CompressedRun,
+    DecodedTiles,
+    decode_runs,
+    read_run_compressed,
+    resize_area,
+)
 from ..slides.jpegtiff import DirectTileReader, TileDecodeError
 from ..slides.readers import open_reader
 from ..slides.reading import ReadSpec, TileReader, region_runs
@@ -142,16 +153,16 @@ def _one_thread(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def gather(items: list, device: torch.device, reader: TileReader, coords: np.ndarray
-           ) -> tuple[np.ndarray, torch.Tensor, np.ndarray, int]:
+def gather(items: list, device: torch.device, reader: TileReader, coords: np.ndarray,
+           cache: DecodedTiles | None = None) -> tuple[np.ndarray, torch.Tensor, np.ndarray, int]:
     """(indices, uint8 tiles N×out×out×3 on ``device``, decoded flags, how many were decoded
     on the device) of reader items in order. Pixel items' tiles are copied to the device
     (non-blocking from pinned memory); the compressed runs of all items are decoded there in
-    one batch (one by one when the batch fails; a run that still fails is read on the CPU
-    path with ``reader``)."""
+    one batch, reusing the native tiles ``cache`` keeps (one by one when the batch fails; a
+    run that still fails is read on the CPU path with ``reader``)."""
     cuda = device.type == "cuda"
     runs = [run for item in items if isinstance(item, CompressedItem) for _, run in item.runs]
-    decoded = _decode_all(runs, device, reader, coords, items) if runs else []
+    decoded = _decode_all(runs, device, reader, coords, items, cache) if runs else []
     idx, tiles, oks, used, on_device = [], [], [], 0, 0
     for item in items:
         if not isinstance(item, CompressedItem):
@@ -167,9 +178,9 @@ def gather(items: list, device: torch.device, reader: TileReader, coords: np.nda
                 item.cpu_tiles).to(device)
             ok[item.cpu_rows] = item.cpu_ok
         for first, run in item.runs:
-            pixels, run_ok, here = decoded[used]
+            pixels, run_ok, decoded_here = decoded[used]
             used += 1
-            on_device += here * run.n_tiles
+            on_device += run.n_tiles if decoded_here else 0
             block[first:first + run.n_tiles] = pixels
             ok[first:first + run.n_tiles] = run_ok
         idx.append(item.idx)
@@ -179,25 +190,29 @@ def gather(items: list, device: torch.device, reader: TileReader, coords: np.nda
 
 
 def _decode_all(runs: list[CompressedRun], device: torch.device, reader: TileReader,
-                coords: np.ndarray, items: list) -> list[tuple[torch.Tensor, np.ndarray, bool]]:
+                coords: np.ndarray, items: list, cache: DecodedTiles | None
+                ) -> list[tuple[torch.Tensor, np.ndarray, bool]]:
     """(tiles out×out on ``device``, decoded flags, whether decoded on the device) of each
     compressed run, in order."""
     side = reader.spec.out_size
     try:
-        pixels = resize_area(decode_runs(runs, str(device)), side)
-        bounds = np.cumsum([0] + [run.n_tiles for run in runs])
-        return [(pixels[a:b], np.ones(b - a, bool), True)
-                for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        pixels = resize_area(decode_runs(runs, str(device), cache), side)
+    except RuntimeError:  # a stream the device decoder refuses: find it run by run
+        where = [(item.idx, first) for item in items if isinstance(item, CompressedItem)
+                 for first, _ in item.runs]
+        return [_decode_one(run, idx[first:first + run.n_tiles], device, reader, coords)
+                for run, (idx, first) in zip(runs, where, strict=True)]
+    bounds = np.cumsum([0] + [run.n_tiles for run in runs])
+    return [(pixels[a:b], np.ones(b - a, bool), True)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _decode_one(run: CompressedRun, idx: np.ndarray, device: torch.device, reader: TileReader,
+                coords: np.ndarray) -> tuple[torch.Tensor, np.ndarray, bool]:
+    """One run decoded on the device, or read on the CPU path when it does not decode."""
+    try:
+        return (resize_area(decode_runs([run], str(device)), reader.spec.out_size),
+                np.ones(run.n_tiles, bool), True)
     except RuntimeError:
-        pass
-    where = [(item.idx, first) for item in items if isinstance(item, CompressedItem)
-             for first, _ in item.runs]
-    out = []
-    for run, (idx, first) in zip(runs, where, strict=True):
-        try:
-            out.append((resize_area(decode_runs([run], str(device)), side),
-                        np.ones(run.n_tiles, bool), True))
-        except RuntimeError:
-            tiles, ok = reader.read_run(coords[idx[first:first + run.n_tiles]])
-            out.append((torch.from_numpy(tiles).to(device), ok, False))
-    return out
+        tiles, ok = reader.read_run(coords[idx])
+        return torch.from_numpy(tiles).to(device), ok, False
