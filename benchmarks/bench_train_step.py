@@ -5,7 +5,14 @@
    q-step) timed for ``ce`` and ``ncmi`` in alternating rounds after untimed warm-up steps;
    prints the median step times and their ratio (target ≤ 1.10: the paper calls NCMI's cost
    comparable to CE's).
-2. Throughput: an epoch of ``train_epoch`` (the trainer's own loop: batching, padding, tile cap,
+2. Operations per step: ``torch.profiler`` counts the ATen operations one training step
+   issues for each loss — every one called, and the innermost ones that compute (leaving out
+   views, allocations and the CPU-side conversion of Python scalars, which launch no GPU
+   kernel) — for the whole step and for the loss head alone (its forward, backward and q-step
+   on a fixed batch of embeddings). On a GPU, where a step of this size is launch-bound, the
+   compute count approximates the kernels a step pays for (the CPU count includes the
+   output fill a CPU reduction does first; a GPU reduction has none).
+3. Throughput: an epoch of ``train_epoch`` (the trainer's own loop: batching, padding, tile cap,
    steps) over in-memory float16 bags, in slides per second, for both losses.
 
     python benchmarks/bench_train_step.py                      # CPU or the visible GPU
@@ -18,6 +25,8 @@ import argparse
 import copy
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -95,6 +104,66 @@ def time_steps(args: argparse.Namespace, device: torch.device) -> dict[str, floa
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+NO_KERNEL = {"aten::" + op for op in (
+    "as_strided", "view", "reshape", "_reshape_alias", "permute", "expand", "expand_as",
+    "unsqueeze", "squeeze", "select", "slice", "t", "transpose", "numpy_T", "alias",
+    "resolve_conj", "resolve_neg", "detach", "lift_fresh", "empty", "empty_strided",
+    "empty_like", "resize_", "to", "_to_copy", "contiguous", "_local_scalar_dense")}
+#: operations that only call others (counted through those), and ones that also compute
+DISPATCH = {"aten::" + op for op in (
+    "clone", "full", "linear", "log_sigmoid", "log_softmax", "softmax", "masked_fill",
+    "matmul", "mean", "nll_loss", "nll_loss_nd", "ones_like", "zeros_like", "relu", "rsub")}
+WORKS_TOO = {"aten::addmm", "aten::sum", "aten::nll_loss_backward"}
+
+
+def count_ops(run: Callable[[], None], steps: int = 3) -> tuple[float, float]:
+    """(ATen ops, compute ops) per call of ``run``, counted with ``torch.profiler``: every
+    ATen operation called, and those that do arithmetic themselves (not views, allocations,
+    operations that only call others, or the conversion of a Python scalar to a 0-d tensor,
+    none of which launches a GPU kernel)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            run()
+    roots = [e for e in prof.events() if e.cpu_parent is None]
+    called = [e for e in prof.events() if e.name.startswith("aten::")]
+    return len(called) / steps, sum(len(_compute(e)) for e in roots) / steps
+
+
+def _compute(event) -> list:
+    """The ATen operations under ``event`` (itself included) that do arithmetic."""
+    inner = [op for child in event.cpu_children for op in _compute(child)]
+    scalar_copy = event.name == "aten::copy_" and all(s == [] for s in event.input_shapes[:2])
+    if (not event.name.startswith("aten::") or event.name in NO_KERNEL | DISPATCH or scalar_copy
+            or (inner and event.name not in WORKS_TOO)):
+        return inner
+    return [event, *inner]
+
+
+def head_step(head, z0: torch.Tensor, y: torch.Tensor) -> None:
+    """The loss head alone: forward and backward from fixed embeddings, then its q-step."""
+    head(z0.clone().requires_grad_(True), y).backward()
+    head.centroid_step()
+
+
+def op_counts(args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, tuple]]:
+    """Per loss: ops of a whole training step and of the loss head alone."""
+    torch.manual_seed(0)
+    aggregator = GatedABMIL(args.feature_dim, args.embed_dim, args.embed_dim)
+    x = torch.randn(args.batch_size, 64, args.feature_dim, device=device)
+    mask = torch.ones(args.batch_size, 64, dtype=torch.bool, device=device)
+    y = torch.arange(args.batch_size, device=device) % args.classes
+    z0 = torch.randn(args.batch_size, args.embed_dim, device=device)
+    out = {}
+    for name in LOSSES:
+        model, opt = make_model(name, args, aggregator, device)
+        out[name] = {"step": count_ops(partial(step, model, opt, x, mask, y)),
+                     "head": count_ops(partial(head_step, model.head, z0, y))}
+    return out
+
+
 def epoch_rate(name: str, args: argparse.Namespace, device: torch.device,
                source: MemoryBags) -> float:
     """Slides per second of one training epoch with ``train_epoch``."""
@@ -152,6 +221,13 @@ def main() -> None:
     ratio = per_step["ncmi"] / per_step["ce"]
     print(f"NCMI / CE step-time ratio: {ratio:.3f} (target ≤ 1.10: "
           f"{'met' if ratio <= 1.10 else 'NOT met'})")
+    ops = op_counts(args, device)
+    for part in ("step", "head"):
+        (ce_all, ce_k), (nc_all, nc_k) = ops["ce"][part], ops["ncmi"][part]
+        what = "training step" if part == "step" else "loss head (fwd + bwd + q-step)"
+        print(f"ops per {what}: ce {ce_all:.0f} called / {ce_k:.0f} compute, "
+              f"ncmi {nc_all:.0f} called / {nc_k:.0f} compute (ncmi − ce: {nc_k - ce_k:+.0f} "
+              "compute)")
     source = MemoryBags(args.epoch_slides, args.tiles, args.feature_dim, seed=1)
     for loss in LOSSES:
         print(f"epoch {loss:5s}: {epoch_rate(loss, args, device, source):8.1f} slides/s "

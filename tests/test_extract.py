@@ -45,9 +45,11 @@ def workspace(slide_dir, tmp_path_factory) -> Path:
 
 def test_registry_and_specs():
     spec = get_spec("resnet50_trunc")
-    assert spec.truncate_after_layer3 and spec.input_size is None
+    assert spec.truncate_after_layer3 and spec.input_size == 224  # as CLAM and TRIDENT feed it
     assert spec.mean == (0.485, 0.456, 0.406)
     assert get_spec("vit_small_patch16_224.augreg_in21k").input_size == 224
+    assert get_spec("resnet50.tv_in1k").input_size == 224  # timm's config, size not fixed
+    assert get_spec(SMALL).input_size == 160
     with pytest.raises(EncoderError, match="unknown encoder"):
         get_spec("no_such_model")
 
@@ -132,9 +134,11 @@ def test_features_match_a_direct_model_call(workspace, slide_dir, checkpoint):
     assert attrs["encoder"] == SMALL and not attrs["random_weights"]
     assert attrs["input_mpp"] == pytest.approx(1.0) and attrs["tile_size"] == 224
     pre = json.loads(attrs["preprocessing"])
+    assert pre["input_size"] == 160 and attrs["resize"] == "cv2.INTER_AREA"  # SMALL's own
+    assert attrs["decode"] == "reader processes (CPU)"
     enc = load_encoder(SMALL, weights=checkpoint)
     reader = TileReader(slide_dir / "slide_1.tif",
-                        ReadSpec(grid.level, grid.read_size, 4.0 ** grid.level, 224))
+                        ReadSpec(grid.level, grid.read_size, 4.0 ** grid.level, 160))
     tiles = np.stack([reader.read_tile(x, y) for x, y in coords[:5]])
     x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
     x = (x - torch.tensor(pre["mean"]).view(1, 3, 1, 1)) / torch.tensor(pre["std"]).view(1, 3, 1, 1)
@@ -239,3 +243,41 @@ def test_auto_precision_on_cpu_is_bf16_where_native_and_close_to_fp32(workspace,
     auto_attrs = read_features(tmp_path / "auto" / "features" / SMALL / "slide_1.h5")[2]
     assert auto_attrs["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
     assert np.linalg.norm(feats - ref) / np.linalg.norm(ref) < 0.02
+
+
+def test_input_size_is_a_recorded_setting(workspace, slide_dir, checkpoint, tmp_path):
+    """``--input-size native`` feeds the tile as cut and N resizes it to N px: the side is in
+    the feature file and in its settings key, so a change re-extracts and a repeat does not;
+    predict's encoder repeats the recorded side; a bad value is a one-line error."""
+    from wsi_ncmi.model.encoders import load_recorded_encoder
+
+    ws = tmp_path / "ws"
+    shutil.copytree(workspace / "tiles", ws / "tiles")
+    base = ["extract", slide_dir / "slide_0.tif", "--out", ws, "--encoder", SMALL,
+            "--weights", checkpoint, "--workers", "0", "--precision", "fp32"]
+    path = ws / "features" / SMALL / "slide_0.h5"
+    grid = read_tile_file(ws / "tiles" / "slide_0.h5")
+    enc = load_encoder(SMALL, weights=checkpoint)
+    keys = {}
+    for choice, side in (("native", 224), ("96", 96)):
+        assert "1 done" in run_cli(*base, "--input-size", choice).stderr
+        feats, coords, attrs = read_features(path)
+        pre = json.loads(attrs["preprocessing"])
+        assert pre["input_size"] == side
+        assert attrs["resize"] == ("none" if side == grid.read_size else "cv2.INTER_AREA")
+        keys[choice] = attrs["extract_key"]
+        reader = TileReader(slide_dir / "slide_0.tif",
+                            ReadSpec(grid.level, grid.read_size, 4.0 ** grid.level, side))
+        x = torch.from_numpy(np.stack([reader.read_tile(*c) for c in coords[:3]]))
+        x = (x.permute(0, 3, 1, 2).float() / 255 - torch.tensor(pre["mean"]).view(1, 3, 1, 1)) \
+            / torch.tensor(pre["std"]).view(1, 3, 1, 1)
+        with torch.inference_mode():
+            np.testing.assert_allclose(feats[:3], enc.model(x).numpy(), rtol=1e-4, atol=1e-5)
+    assert keys["native"] != keys["96"]
+    assert "1 already complete" in run_cli(*base, "--input-size", "96").stderr
+    settings = {"encoder": SMALL, "weights_sha256": file_sha256(checkpoint),
+                "preprocessing": json.loads(attrs["preprocessing"]),
+                "tiling": json.loads(attrs["tiling"])}
+    assert load_recorded_encoder(settings, checkpoint).spec.input_size == 96
+    proc = run_cli(*base, "--input-size", "huge", check=False)
+    assert proc.returncode == 2 and "--input-size 'huge'" in proc.stderr

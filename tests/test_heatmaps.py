@@ -202,3 +202,23 @@ def test_eval_heatmaps_for_the_most_confident_test_slides(cohort, tmp_path, capl
     assert drawn == sorted(s for s in top3 if s != missing)
     assert sorted(p.stem for p in (out / "heatmaps").glob("*.geojson")) == drawn
     assert any(missing in r.message and "not found" in r.message for r in caplog.records)
+
+
+def test_eval_heatmaps_cli_names_each_step_and_where_the_heatmaps_went(cohort, tmp_path):
+    """`eval --heatmaps 2 --verbose` logs every step and each heatmap (titled with the true
+    class), prints the heatmaps' folder, and brings no matplotlib or PIL debug lines."""
+    out = run_cli("eval", cohort["run"], "--heatmaps", 2, "--n-boot", 20, "--device", "cpu",
+                  "--slide-root", cohort["slides"], "--verbose")
+    folder = cohort["run"] / "eval" / "test"
+    for step in ("eval fold 0: running the model on 10 training and 4 test slide(s)",
+                 "eval: bootstrap intervals over patients (20 resamples)",
+                 f"eval: writing metrics, predictions, plots and the report to {folder}",
+                 "heatmap 1/2: ", "heatmap 2/2: ",
+                 f"heatmaps: 2 of 2 slide(s) drawn in {folder / 'heatmaps'}"):
+        assert step in out.stderr, step
+    titles = [line for line in out.stderr.splitlines() if "DEBUG wrote" in line]
+    assert len(titles) == 2
+    assert all(("true lesion, predicted" in t or "true normal, predicted" in t) for t in titles)
+    assert f"heatmaps of the 2 most confident slides in {folder / 'heatmaps'}" in out.stdout
+    assert "findfont" not in out.stderr and "STREAM" not in out.stderr
+    assert "matplotlib" not in out.stderr and "PIL" not in out.stderr

@@ -52,7 +52,8 @@ def cohort(tmp_path) -> Path:
              "optim": {"epochs": 2, "batch_size": 2}, "device": "cpu"}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(train))
     config = {"manifest": "manifest.csv", "slide_root": "slides", "workspace": "ws",
-              "tile": {"mpp": 1.0, "tile_size": 64},
+              # the slides are 256 × 192 µm: a 16 µm/px overview (the default) is too coarse
+              "tile": {"mpp": 1.0, "tile_size": 64, "seg_mpp": 8.0},
               "extract": {"encoder": "test_resnet", "weights": "encoder.safetensors",
                           "device": "cpu"},
               "train": {"configs": ["tiny.yaml"], "loss_config": None,

@@ -27,6 +27,7 @@ from wsi_ncmi.stages.jobs import jobs_from_paths
 from wsi_ncmi.stages.tile import TileConfig, tile_slides
 from wsi_ncmi.stages.train import train_run
 from wsi_ncmi.stages.verify import read_record, verify_record
+from wsi_ncmi.stats.simplex import centroid_scores
 
 W, H = 2048, 1536
 CLASSES = ["normal", "lesion"]
@@ -79,6 +80,14 @@ def setup(tmp_path_factory) -> dict:
 def invoke(run: Path, slides: Path, out: Path, *extra):
     return run_cli("predict", "--model", run, slides, "--out", out, "--device", "cpu",
                    "--workers", "0", *extra, check=False)
+
+
+def one_line_error(output: str) -> str:
+    """The command's error: one line, the last (progress lines may come before it)."""
+    lines = output.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], output
+    return errors[0]
 
 
 def read_predictions(out: Path) -> pd.DataFrame:
@@ -151,13 +160,69 @@ def test_rerun_skips_finished_slides_and_rethresholds(setup):
     assert read_predictions(out)["review"].all()
 
 
+def test_first_run_names_each_step_and_what_it_wrote(setup):
+    err = setup["first"].stderr
+    steps = [f"predict: loading {setup['run']} (fold(s) 0, head linear_probe) on cpu",
+             "predict: loading the encoder test_resnet",
+             "predict new_a: tiling", "predict new_a: extracting features of ",
+             "predict 1/3 new_a: done",
+             f"wrote {setup['out'] / 'predictions.csv'} (per-slide records in "
+             f"{setup['out'] / 'predictions'}, heatmaps in {setup['out'] / 'heatmaps'})"]
+    positions = [err.find(step) for step in steps]
+    assert all(p >= 0 for p in positions), err
+    assert positions == sorted(positions)
+
+
+def test_a_complete_rerun_does_not_load_the_encoder(setup, monkeypatch):
+    """Nothing to do: the encoder (seconds to build and hash) is never loaded."""
+    import wsi_ncmi.model.encoders as encoders
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the encoder was loaded")
+
+    monkeypatch.setattr(encoders, "load_recorded_encoder", refuse)
+    result = invoke(setup["run"], setup["new"], setup["out"], "--weights", setup["ckpt"])
+    assert result.returncode == 0, result.output
+    assert "predict: all 3 slide(s) already predicted with this run, head and folds" \
+        in result.stderr
+    assert "0 done, 3 already complete, 0 failed" in result.stderr
+
+
+def test_centroid_head_is_calibrated_on_the_validation_slides(setup, tmp_path):
+    """softmax(−KL) stays near 1/C, so every slide fell under the review threshold: predict
+    fits a temperature on the fold's validation slides (stored with the run) and its
+    probabilities are softmax(−KL/T), ranking unchanged."""
+    out = tmp_path / "centroid"
+    result = invoke(setup["run"], setup["new"], out, "--weights", setup["ckpt"],
+                    "--head", "centroid")
+    assert result.returncode == 0, result.output
+    fold = setup["run"] / "fold_0"
+    record = json.loads((fold / "centroid_calibration.json").read_text())
+    assert record["n_val_slides"] == 2 and record["head"] == "centroid"
+    t = record["temperature"]
+    assert 0 < t < 1
+    quality = record["validation"]
+    assert quality["after"]["log_loss"] <= quality["before"]["log_loss"]
+    means = np.array(json.loads((fold / "model.json").read_text())["centroid_head_means"])
+    emb = np.load(fold / "embeddings.npz")
+    p = emb["p"][[list(emb["slide_id"]).index("t0")]]
+    pred = read_predictions(out).set_index("slide_id")
+    got = pred.loc["t0", ["prob_normal", "prob_lesion"]].to_numpy(float)
+    np.testing.assert_allclose(got, centroid_scores(p, means, t)[0], atol=1e-4)
+    assert got.argmax() == centroid_scores(p, means).argmax()
+    assert pred["review"].tolist() == (pred[["prob_normal", "prob_lesion"]].max(1) < 0.8
+                                       ).tolist()
+    inputs = json.loads((out / "provenance" / "predict-all.json").read_text())["inputs"]
+    assert any(e["path"].endswith("fold_0/centroid_calibration.json") for e in inputs)
+
+
 def test_refuses_other_encoder_weights(setup, tmp_path):
     other = tmp_path / "other.safetensors"
     save_seeded_checkpoint("test_resnet", other, seed=4)
     result = invoke(setup["run"], setup["new"], tmp_path / "out", "--weights", other)
     assert result.returncode == 2
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "sha256" in lines[0] and "refusing" in lines[0]
+    error = one_line_error(result.output)
+    assert "sha256" in error and "refusing" in error
     assert not (tmp_path / "out" / "predictions.csv").exists()
 
 
@@ -186,8 +251,9 @@ def test_refuses_in_one_line_naming_the_recorded_weights(setup, tmp_path, monkey
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
     gone = tmp_path / "moved" / "encoder.safetensors"
     result = invoke(run_with_weights_at(setup, tmp_path, gone), setup["new"], tmp_path / "out")
-    assert result.returncode == 2 and len(result.output.strip().splitlines()) == 1
-    assert str(gone) in result.output and "no longer there" in result.output
+    assert result.returncode == 2
+    error = one_line_error(result.output)
+    assert str(gone) in error and "no longer there" in error
     assert "local_files_only" not in result.output
     changed = tmp_path / "changed.safetensors"
     save_seeded_checkpoint("test_resnet", changed, seed=4)

@@ -13,7 +13,7 @@ from ..errors import InputError
 
 # Options shared by the per-slide commands (tile, extract, predict).
 Inputs = Annotated[list[str] | None, typer.Argument(
-    help="Slide files, folders (searched recursively) or glob patterns.")]
+    metavar="SLIDES", help="Slide files, folders (searched recursively) or glob patterns.")]
 ManifestOption = Annotated[Path | None, typer.Option(
     "--manifest", help="CSV with slide_id, path (relative to --slide-root) and optional mpp "
     "(µm/px); replaces INPUTS.")]
@@ -22,20 +22,28 @@ SlideRootOption = Annotated[Path | None, typer.Option(
     "manifest's folder).")]
 ShardOption = Annotated[str | None, typer.Option(
     "--shard", help="Process only shard I of N (I/N, 0-based), partitioned by slide id.")]
+# Every command's --verbose: a flag (no value, no --no-verbose), the same words everywhere.
 VerboseOption = Annotated[bool, typer.Option(
-    "--verbose", help="Debug logging (tracebacks of failures).")]
+    "--verbose", help="Also log wsi-ncmi's debug lines (tracebacks of failed slides, "
+    "skipped steps); other libraries stay at warnings.")]
+
+#: the project's logger; every module logs to it or to a child of it
+PROJECT_LOGGER = "wsi_ncmi"
 
 
 def setup_logging(verbose: bool = False) -> None:
     """Plain timestamped lines on the current stderr (replacing earlier handlers, so a command
-    run in-process writes where that run's stderr is); DEBUG with ``--verbose``."""
+    run in-process writes where that run's stderr is). The project's logger logs at INFO, at
+    DEBUG with ``--verbose``; every other logger stays at WARNING, so ``--verbose`` does not
+    bring matplotlib's font search or PIL's PNG chunks."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
         force=True,
     )
+    logging.getLogger(PROJECT_LOGGER).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def fail(exc: InputError) -> None:

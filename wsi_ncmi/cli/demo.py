@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .app import app
-from .common import fail, setup_logging
+from .common import VerboseOption, fail, setup_logging
 
 
 @app.command()
@@ -29,7 +29,7 @@ def demo(
         "random initialisation made locally.")] = None,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the 95 % intervals "
                                         "(count).")] = 1000,
-    verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Generate a heterogeneous cohort and run tile → extract → train (NCMI, CE) → eval →
     compare; print the predict command to try next."""

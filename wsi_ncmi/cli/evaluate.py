@@ -8,13 +8,14 @@ from typing import Annotated
 import typer
 
 from .app import app
-from .common import fail, setup_logging
+from .common import VerboseOption, fail, setup_logging
 
 
 @app.command("eval")
 def eval_command(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `wsi-ncmi train`, or a "
-                                        "multi-seed folder (train --seeds): every seed.")],
+    run: Annotated[Path, typer.Argument(
+        metavar="RUN", help="Run folder written by `wsi-ncmi train`, or a multi-seed folder "
+        "(train --seeds): every seed.")],
     split: Annotated[str, typer.Option(help="Part of every fold to evaluate: train | val | "
                                        "test.")] = "test",
     features_dir: Annotated[Path | None, typer.Option(
@@ -43,7 +44,7 @@ def eval_command(
         help="Finest resolution of the review page's images (µm/px).")] = 1.0,
     review_max_mb: Annotated[float, typer.Option(
         help="Disk budget of one slide's review image (MiB).")] = 64.0,
-    verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Metrics with bootstrap intervals, predictions, plots and report.md for one split."""
     import json
@@ -75,3 +76,5 @@ def eval_command(
         typer.echo(f"{HEAD_NAMES[head]:>15}: macro-F1 {fmt_ci(m['macro_f1'])}  "
                    f"AUC {fmt_ci(m['auc_macro'])}")
     typer.echo(f"wrote {out}")
+    if heatmaps > 0:
+        typer.echo(f"heatmaps of the {heatmaps} most confident slides in {out / 'heatmaps'}")

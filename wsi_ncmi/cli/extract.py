@@ -51,6 +51,10 @@ def extract(
     reader: Annotated[str, typer.Option(
         help="Tile reader: auto (direct JPEG decoding for JPEG-tiled TIFF/SVS, else OpenSlide) "
         "| direct | openslide. Same pixels either way; the one used is recorded.")] = "auto",
+    input_size: Annotated[str | None, typer.Option(
+        help="Side in px tiles are resized to for the encoder: N, or native (the tile as "
+        "cut). Default: the encoder's own input size (224 for resnet50_trunc, uni and the "
+        "ImageNet ViTs). Recorded in every feature file; changing it re-extracts.")] = None,
     tiles: Annotated[Path | None, typer.Option(
         help="Folder of tile files (ours, CLAM's or TRIDENT's), default WORKSPACE/tiles.")
     ] = None,
@@ -73,7 +77,8 @@ def extract(
             device=device, batch_size=batch_size,
             workers=defaults.workers if workers is None else workers,
             fp16_storage=fp16_storage, max_bad_tiles=max_bad_tiles, precision=precision,
-            reader=reader)
+            reader=reader,
+            input_size=int(input_size) if input_size and input_size.isdigit() else input_size)
         summary = extract_slides(jobs, out, config, shard, tiles)
     except InputError as exc:
         fail(exc)

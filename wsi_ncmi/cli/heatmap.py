@@ -8,14 +8,15 @@ from typing import Annotated
 import typer
 
 from .app import app
-from .common import fail, setup_logging
+from .common import VerboseOption, fail, setup_logging
 
 
 @app.command()
 def heatmap(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `wsi-ncmi train`.")],
-    slide_id: Annotated[str, typer.Argument(help="Slide id (its feature file is "
-                                            "<slide_id>.h5).")],
+    run: Annotated[Path, typer.Argument(metavar="RUN",
+                                        help="Run folder written by `wsi-ncmi train`.")],
+    slide_id: Annotated[str, typer.Argument(
+        metavar="SLIDE_ID", help="Slide id (its feature file is <slide_id>.h5).")],
     slide: Annotated[Path, typer.Option(help="The slide file (drawn as the thumbnail).")],
     fold: Annotated[int | None, typer.Option(
         help="Fold number whose model to use (default: the fold whose test part holds the "
@@ -30,7 +31,7 @@ def heatmap(
         "--out", help="Folder for <slide_id>.png and .geojson (default: "
         "RUN/heatmaps/fold_<k>).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
-    verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Attention per tile over the slide thumbnail (PNG) and as QuPath detections (GeoJSON)."""
     from ..errors import InputError

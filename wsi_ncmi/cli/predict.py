@@ -31,7 +31,8 @@ def predict(
     all_folds: Annotated[bool, typer.Option(
         help="Use every fold and average their probabilities.")] = False,
     head: Annotated[str, typer.Option(
-        help="linear_probe (calibrated probabilities) | centroid | classifier.")
+        help="linear_probe (calibrated probabilities) | centroid (softmax(−KL/T), T fitted "
+        "on the validation slides) | classifier (CE-family runs; often over-confident).")
     ] = "linear_probe",
     weights: Annotated[Path | None, typer.Option(
         help="Encoder weights file; its sha256 must equal the one the model was trained "
@@ -73,8 +74,9 @@ def predict(
 
     setup_logging(verbose)
     try:
+        folds = tuple(choose_folds(model, fold, all_folds))
         jobs = select_jobs(inputs, manifest, slide_root)
-        config = PredictConfig(run=model, folds=tuple(choose_folds(model, fold, all_folds)),
+        config = PredictConfig(run=model, folds=folds,
                                head=head, weights=weights, device=device,
                                review_threshold=review_threshold, fallback_mpp=fallback_mpp,
                                workers=workers, batch_size=batch_size, download=download,
@@ -83,5 +85,6 @@ def predict(
         outcome = predict_slides(jobs, out, config, shard)
     except InputError as exc:
         fail(exc)
-    typer.echo(f"wrote {outcome.predictions}", err=True)
+    typer.echo(f"wrote {outcome.predictions} (per-slide records in {out / 'predictions'}, "
+               f"heatmaps in {out / 'heatmaps'})", err=True)
     finish_batch(outcome.summary)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .app import app
-from .common import fail, setup_logging
+from .common import VerboseOption, fail, setup_logging
 
 
 @app.command()
@@ -24,7 +24,8 @@ def train(
         help="ncmi | ce | label_smoothing | focal | cmi_ce | opl | squentropy | square | "
         "supcon (default: the config's loss.name, else ncmi).")] = None,
     config: Annotated[list[Path] | None, typer.Option(
-        help="YAML config; repeat to deep-merge several (later files win).")] = None,
+        metavar="YAML", help="YAML config; repeat to deep-merge several (later files win).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (integer; default: the "
                                              "config's, else 0).")] = None,
     seeds: Annotated[str | None, typer.Option(
@@ -37,7 +38,7 @@ def train(
         help="Manifest column holding train/val/test (one fold).")] = None,
     group_column: Annotated[str | None, typer.Option(
         help="Leave-one-group-out over this manifest column (centre, scanner).")] = None,
-    verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Train the attention-MIL aggregator with the chosen loss on every fold."""
     from ..errors import InputError

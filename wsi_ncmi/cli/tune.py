@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .app import app
-from .common import fail, setup_logging
+from .common import VerboseOption, fail, setup_logging
 
 
 @app.command()
@@ -41,7 +41,7 @@ def tune(
     stale_after: Annotated[float, typer.Option(
         help="Minutes without a heartbeat after which another machine's running trial is "
         "taken as stopped and retried.")] = 60.0,
-    verbose: Annotated[bool, typer.Option(help="Debug logging.")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Search one loss's settings and recipe with Optuna, selecting on validation macro-F1;
     the test split is never read."""

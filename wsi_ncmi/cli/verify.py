@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .app import app
-from .common import fail
+from .common import VerboseOption, fail, setup_logging
 
 
 @app.command()
@@ -19,11 +19,13 @@ def verify(
     slide_root: Annotated[Path | None, typer.Option(
         help="Folder under which the records' slides are found by file name (records keep no "
         "slide folders: they can carry labels); without it slides are not checked.")] = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Re-fingerprint every file of the records; exit 1 if any drifted or is missing."""
     from ..errors import InputError
     from ..stages.verify import find_records, verify_record
 
+    setup_logging(verbose)
     try:
         results = [verify_record(path, slide_root) for path in find_records(target)]
     except InputError as exc:

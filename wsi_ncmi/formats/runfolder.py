@@ -10,6 +10,8 @@
     RUN/fold_<k>/history.csv         one row per epoch
     RUN/fold_<k>/embeddings.npz      slide_id, z, p, and z_tilde (NCMI) or logits (CE family)
     RUN/fold_<k>/probe.json          the linear probe's parameters, stored by predict
+    RUN/fold_<k>/centroid_calibration.json  the centroid head's temperature, stored by
+                                     predict and eval
     RUN/eval/<split>/                metrics.json, predictions.csv, plots, report.md
     RUN/heatmaps/fold_<k>/           heatmaps drawn by `wsi-ncmi heatmap`
 
@@ -41,6 +43,7 @@ META = "model.json"
 HISTORY = "history.csv"
 EMBEDDINGS = "embeddings.npz"
 PROBE = "probe.json"
+CALIBRATION = "centroid_calibration.json"
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
@@ -53,11 +56,43 @@ def eval_dir(run_dir: Path, split: str) -> Path:
     return Path(run_dir) / "eval" / split
 
 
+def is_run(folder: Path) -> bool:
+    """Whether ``folder`` looks like a run folder (``config.yaml`` and ``splits.json``)."""
+    return (Path(folder) / CONFIG).is_file() and (Path(folder) / SPLITS).is_file()
+
+
+def not_a_run(run_dir: Path, missing: Path | None = None) -> InputError:
+    """The one-line error every reader of a run gives when ``run_dir`` is not one
+    (``missing``: the file it lacks); it names the run folders inside ``run_dir`` when there
+    are some (``demo_out/runs`` holds ``ncmi`` and ``ce``)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return InputError(f"{run_dir}: not found (a run folder written by `wsi-ncmi train` "
+                          "is expected)")
+    runs = sorted(p.name for p in run_dir.iterdir() if p.is_dir() and is_run(p))
+    if runs:
+        return InputError(f"{run_dir} is not a run folder but holds run folders "
+                          f"{', '.join(runs)}: pass one of them, e.g. {run_dir / runs[0]}")
+    if missing is None or not any((run_dir / n).is_file() for n in (CONFIG, SPLITS)):
+        return InputError(f"{run_dir}: not a run folder (no {CONFIG} nor {SPLITS}; is it a "
+                          "folder written by `wsi-ncmi train`?)")
+    return InputError(f"{missing}: not found (is {run_dir} a complete run folder?)")
+
+
 def require(path: Path, run_dir: Path) -> Path:
-    """``path`` when it is a file; else the one-line error every reader of a run gives."""
+    """``path`` when it is a file; else the one-line error every reader of a run gives
+    (:func:`not_a_run`)."""
     if not Path(path).is_file():
-        raise InputError(f"{path}: not found (is {run_dir} a trained run folder?)")
+        raise not_a_run(run_dir, Path(path))
     return Path(path)
+
+
+def require_run(run_dir: Path) -> Path:
+    """``run_dir`` when it is a run folder (:func:`is_run`); else :func:`not_a_run`'s
+    error."""
+    for name in (CONFIG, SPLITS):
+        require(Path(run_dir) / name, run_dir)
+    return Path(run_dir)
 
 
 def read_config(run_dir: Path) -> dict:
@@ -130,7 +165,7 @@ def read_feature_record(run_dir: Path) -> dict:
     """``RUN/features.json`` as ``{"settings", "facts"}`` (a run from before the split into
     settings and facts has its flat record read as settings, with no facts);
     :class:`InputError` when it is missing or unreadable."""
-    path = Path(run_dir) / FEATURES
+    path = require_run(run_dir) / FEATURES
     if not path.is_file():
         raise InputError(f"{path}: not found; the run predates recorded feature settings — "
                          "retrain it to use predict")
@@ -243,11 +278,13 @@ def embeddings_sha256(fold: Path) -> str:
     return file_sha256(_embeddings(fold))
 
 
-def read_probe(fold: Path, embeddings_sha: str, schema_version: int) -> dict | None:
-    """The stored ``probe.json`` when it was fitted on these embeddings with this schema,
-    else None."""
+def read_probe(fold: Path, embeddings_sha: str, schema_version: int,
+               name: str = PROBE) -> dict | None:
+    """The stored ``probe.json`` (or another fitted head's file ``name``, e.g.
+    :data:`CALIBRATION`) when it was fitted on these embeddings with this schema, else
+    None."""
     try:
-        record = json.loads((Path(fold) / PROBE).read_text())
+        record = json.loads((Path(fold) / name).read_text())
     except (OSError, ValueError):
         return None
     if record.get("embeddings_sha256") != embeddings_sha or \
@@ -256,20 +293,22 @@ def read_probe(fold: Path, embeddings_sha: str, schema_version: int) -> dict | N
     return record
 
 
-def write_probe(fold: Path, record: dict) -> None:
-    """Store ``probe.json`` (plain numbers) atomically."""
-    write_json(Path(fold) / PROBE, record)
+def write_probe(fold: Path, record: dict, name: str = PROBE) -> None:
+    """Store ``probe.json`` (or ``name``; plain numbers) atomically."""
+    write_json(Path(fold) / name, record)
 
 
-def model_files(run_dir: Path, folds: Sequence[int], probe: bool) -> list[Path]:
+def model_files(run_dir: Path, folds: Sequence[int], probe: bool,
+                calibration: bool = False) -> list[Path]:
     """The files a prediction with these folds depends on (config, splits, each fold's model
-    description and weights, and its stored probe when ``probe`` and present)."""
+    description and weights, its stored probe when ``probe`` and its centroid calibration
+    when ``calibration``, each when present)."""
     files = [Path(run_dir) / CONFIG, Path(run_dir) / SPLITS]
     for k in folds:
         fold = fold_dir(run_dir, k)
         files += [fold / META, fold / WEIGHTS]
-        if probe and (fold / PROBE).is_file():
-            files.append(fold / PROBE)
+        files += [fold / name for name, wanted in ((PROBE, probe), (CALIBRATION, calibration))
+                  if wanted and (fold / name).is_file()]
     return files
 
 
@@ -281,6 +320,8 @@ def read_eval(run_dir: Path, split: str) -> tuple[dict, object]:
     folder = eval_dir(run_dir, split)
     metrics_path, pred_path = folder / "metrics.json", folder / "predictions.csv"
     if not metrics_path.is_file() or not pred_path.is_file():
+        if not is_run(run_dir):
+            raise not_a_run(run_dir)
         raise InputError(f"{run_dir}: not evaluated on the {split} split (run `wsi-ncmi eval "
                          f"{run_dir} --split {split}` first)")
     metrics = json.loads(metrics_path.read_text())

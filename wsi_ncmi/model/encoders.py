@@ -3,7 +3,8 @@
 Names accepted:
 
 - ``resnet50_trunc``: timm ResNet-50 cut after layer 3, global average pool, 1024-d (CLAM's
-  long-standing default); weights ``timm/resnet50.tv_in1k`` (torchvision ImageNet).
+  long-standing default); weights ``timm/resnet50.tv_in1k`` (torchvision ImageNet); fed 224 px,
+  as CLAM and TRIDENT feed it.
 - ``uni``: UNI (ViT-L/16, 1024-d), ``hf-hub:MahmoodLab/uni`` (gated; accept its licence and
   download it once with ``--download`` on a machine with internet, or pass ``--weights``).
 - any timm model name (``vit_small_patch16_224.augreg_in21k``…): its pooled output.
@@ -38,7 +39,9 @@ class EncoderError(InputError):
 class EncoderSpec:
     """How to build and feed an encoder.
 
-    ``input_size``: side in px of the image the model sees (None = the tile as cut).
+    ``input_size``: the encoder's own input side in px (224 for ``resnet50_trunc`` and the
+    ImageNet and pathology ViTs; from timm's pretrained config otherwise), the default side
+    tiles are resized to (None: no size is stated, the tile is fed as cut).
     ``mean``/``std``: per-channel normalisation of [0, 1] RGB. ``gpu_precision``: autocast
     dtype on CUDA (``bf16`` | ``fp16`` | ``fp32``); CPU runs fp32.
     """
@@ -56,7 +59,7 @@ class EncoderSpec:
 
 REGISTRY: dict[str, EncoderSpec] = {
     "resnet50_trunc": EncoderSpec(
-        "resnet50_trunc", "resnet50", "timm/resnet50.tv_in1k", None,
+        "resnet50_trunc", "resnet50", "timm/resnet50.tv_in1k", 224,
         truncate_after_layer3=True),
     "uni": EncoderSpec(
         "uni", "hf-hub:MahmoodLab/uni", "MahmoodLab/uni", 224,
@@ -93,7 +96,7 @@ def get_spec(name: str) -> EncoderSpec:
     cfg = timm.models.get_pretrained_cfg(name) if "." in name else None
     cfg = cfg or timm.models.get_pretrained_cfg(arch)
     hub = getattr(cfg, "hf_hub_id", None) if cfg else None
-    size = cfg.input_size[-1] if cfg and cfg.fixed_input_size else None
+    size = cfg.input_size[-1] if cfg and cfg.input_size else None
     mean = tuple(cfg.mean) if cfg else IMAGENET_MEAN
     std = tuple(cfg.std) if cfg else IMAGENET_STD
     return EncoderSpec(name, name, hub, size, mean, std)
@@ -212,7 +215,7 @@ def _finish(model, spec: EncoderSpec, sha: str, source: str, path: Path | None) 
         dim = int(model(torch.zeros(1, 3, side, side)).shape[-1])
     cfg = getattr(model, "pretrained_cfg", None) or {}
     if spec.name.startswith("hf-hub:") and cfg.get("mean"):
-        size = cfg.get("input_size", (3, None, None))[-1] if cfg.get("fixed_input_size") else None
+        size = cfg.get("input_size", (3, None, None))[-1]
         spec = replace(spec, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), input_size=size)
     return Encoder(model, spec, dim, sha, source, path)
 
@@ -232,8 +235,9 @@ def _one_line(exc) -> str:
 def load_recorded_encoder(settings: dict, weights: Path | None, download: bool = False,
                           recorded_files: Sequence[str] = ()) -> Encoder:
     """The encoder a run's features were made with (``settings``: the settings of
-    ``RUN/features.json``), with those very weights; refuses (:class:`EncoderError`, one line)
-    on another sha256, missing weights or other preprocessing.
+    ``RUN/features.json``), with those very weights and the input size the features were made
+    at (its ``spec.input_size``); refuses (:class:`EncoderError`, one line) on another sha256,
+    missing weights or other normalisation.
 
     Weights, in order: ``weights`` (a file to check and use); the same seeded random weights
     for features of explicitly random weights; the weights files the features were made from
@@ -264,6 +268,9 @@ def load_recorded_encoder(settings: dict, weights: Path | None, download: bool =
                                f"({encoder.weights_source}, sha256 "
                                f"{encoder.weights_sha256[:16]}…) differ from the model's "
                                f"(sha256 {want[:16]}…); pass the right --weights FILE")
+    side = settings["preprocessing"].get("input_size")
+    if side is not None:  # repeat the features' input size, whatever the encoder's default
+        encoder.spec = replace(encoder.spec, input_size=int(side))
     _check_preprocessing(encoder, settings)
     return encoder
 

@@ -269,6 +269,8 @@ def train_fold(ctx: FoldContext, fold: dict, classes: list[str], feature_dim: in
                 break
 
     model.load_state_dict(best["state"])
+    log.info("fold %s: kept epoch %d of %d (val macro-F1 %.3f)", fold["fold"], best["epoch"],
+             len(history), best["f1"])
     meta.update(best_epoch=best["epoch"], best_val_macro_f1=best["f1"],
                 epochs_run=len(history),
                 validation_head="classifier" if train_out["logits"] is not None else "centroid",

@@ -7,6 +7,8 @@
   per class for two folds → C = 1 and the reason is recorded.
 - Centroid head: s_c = mean of the outputs p (rows of a simplex) over the training slides of
   class c; scores = softmax_c(−KL(p‖s_c)), so the prediction is argmin_c KL(p‖s_c).
+  Its raw scores stay near 1/C when the divergences are small, so predict calibrates them
+  with a temperature T (:func:`fit_temperature`, fitted on the fold's validation slides).
 - Classifier head (CE family): softmax of the run's own logits.
 
 A fitted probe is stored as plain numbers (:func:`probe_record`, no pickle) and scored from
@@ -34,11 +36,15 @@ HEADS = ("linear_probe", "centroid", "classifier")
 #: seed of the stored probe's cross-validation folds (predict)
 PROBE_SEED = 0
 PROBE_SCHEMA_VERSION = 1
+CALIBRATION_SCHEMA_VERSION = 1
 #: inverse L2 strengths tried by the probe's cross-validation
 PROBE_CS = tuple(float(c) for c in np.logspace(-4, 4, 9))
 PROBE_MAX_FOLDS = 5
 PROBE_DEFAULT_C = 1.0
 PROBE_MAX_ITER = 5000
+#: bounds of a fitted temperature, in units of the logits' spread (their mean standard
+#: deviation over classes)
+TEMPERATURE_RANGE = (0.01, 100.0)
 
 
 @dataclass
@@ -131,6 +137,40 @@ def fit_centroids(p: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
     if absent:
         raise InputError(f"centroid head: class index(es) {absent} have no training slide")
     return means
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T minimising the mean cross-entropy of softmax(``logits`` / T) (n×C)
+    against labels ``y`` (n,) in 0..C-1 — temperature scaling (Guo et al. 2017) — with
+    Platt's smoothed targets: (n_c + 1)/(n_c + 2) on a slide's class c (n_c: slides of c),
+    the rest shared by the other classes. So a few slides the head separates perfectly give
+    finite confidence, not T → 0; with many slides the targets are the labels. Searched in
+    :data:`TEMPERATURE_RANGE` times the logits' spread (1 when they do not spread).
+    Predictions (the argmax) are unchanged; only confidence is rescaled."""
+    from scipy.optimize import minimize_scalar
+
+    logits = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y).astype(np.int64)
+    if len(y) == 0:
+        raise InputError("temperature: no labelled slides to fit it on")
+    spread = float(np.mean(np.std(logits, axis=1)))
+    if not spread > 0:
+        return 1.0
+    n, n_classes = logits.shape
+    count = np.bincount(y, minlength=n_classes)[y]
+    hit = (count + 1) / (count + 2)
+    targets = np.repeat(((1 - hit) / (n_classes - 1))[:, None], n_classes, axis=1)
+    targets[np.arange(n), y] = hit
+
+    def cross_entropy(log_t: float) -> float:
+        z = logits / np.exp(log_t)
+        z = z - z.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(1)) - (targets * z).sum(1)))
+
+    low, high = np.log(TEMPERATURE_RANGE) + np.log(spread)
+    best = minimize_scalar(cross_entropy, bounds=(low, high), method="bounded",
+                           options={"xatol": 1e-6})
+    return float(np.exp(best.x))
 
 
 def probe_record(probe: LinearProbe, classes: Sequence[str]) -> dict:

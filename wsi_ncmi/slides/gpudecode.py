@@ -9,13 +9,16 @@ from. The process that owns the device decodes every stream of a batch in one
 
 Only runs read at whole-pixel level offsets in one OpenSlide area (≤ 4096 px a side) are
 planned, where OpenSlide copies native tiles; :func:`plan_run` returns None for others, which
-the caller reads on the CPU. Tiles come back at the level's read size: resizing to the
-encoder's input is the caller's (the CPU path resizes with cv2 INTER_AREA).
+the caller reads on the CPU. Tiles come back at the level's read size; :func:`resize_area`
+resizes them on the device with cv2 INTER_AREA's weights (the CPU path's resize) as two
+matrix products.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -23,6 +26,7 @@ from .jpegtiff import DirectTileReader, JpegTiffSlide
 from .reading import ReadSpec
 
 _AREA = 4096  # OpenSlide's largest single painted area (px)
+DEVICE_CACHE_BYTES = 256 * 2**20  # decoded native tiles kept on the device per slide
 
 
 @dataclass(frozen=True)
@@ -76,29 +80,112 @@ def _pieces(lv, top: int, left: int, side: int):
                 yield col, row, a - top, c - left, a - ty, c - tx, b - a, d - c
 
 
-def decode_runs(runs: list[CompressedRun], device: str = "cpu"):
-    """Decode all streams of ``runs`` in one batched call on ``device`` and assemble their
-    tiles: a uint8 tensor N×side×side×3 on ``device``, N the runs' tiles in order. All runs
-    must share one side. Raises RuntimeError when a stream does not decode."""
+class DecodedTiles:
+    """Native tiles decoded on a device, kept between batches (least recently used out first,
+    at most ``max_bytes``) and keyed by their complete JPEG stream: rows of tiles that do not
+    line up with native tiles share native tiles with the next row, which is usually in the
+    next encoder batch. ``decoded`` counts the streams decoded so far."""
+
+    def __init__(self, max_bytes: int = DEVICE_CACHE_BYTES):
+        self.max_bytes = max_bytes
+        self.decoded = 0
+        self._tiles: OrderedDict = OrderedDict()
+        self._bytes = 0
+
+    def get(self, streams: list[bytes], device: str) -> list:
+        """Decoded tiles (3×h×w uint8 on ``device``) of distinct ``streams``; those not kept
+        are decoded in one batched call. Raises RuntimeError when one does not decode."""
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        missing = [s for s in streams if s not in self._tiles]
+        if missing:
+            data = [torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in missing]
+            for stream, tile in zip(missing, decode_jpeg(data, mode=ImageReadMode.RGB,
+                                                        device=device), strict=True):
+                self._tiles[stream] = tile
+                self._bytes += tile.numel()
+            self.decoded += len(missing)
+        out = []
+        for stream in streams:
+            self._tiles.move_to_end(stream)
+            out.append(self._tiles[stream])
+        while self._bytes > self.max_bytes and self._tiles:
+            self._bytes -= self._tiles.popitem(last=False)[1].numel()
+        return out
+
+
+def decode_runs(runs: list[CompressedRun], device: str = "cpu",
+                cache: DecodedTiles | None = None):
+    """Decode the streams of ``runs`` in one batched call on ``device`` (a native tile that
+    several runs share, or that ``cache`` holds, is decoded once) and assemble their tiles: a
+    uint8 tensor N×side×side×3 on ``device``, N the runs' tiles in order. All runs must share
+    one side. Raises RuntimeError when a stream does not decode or decodes too small."""
     import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
 
     sides = {run.side for run in runs}
     if len(sides) > 1:
         raise ValueError(f"runs of different tile sides {sorted(sides)}")
     side = sides.pop() if sides else 0
-    data = [torch.frombuffer(bytearray(s), dtype=torch.uint8) for run in runs for s in run.streams]
-    decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device) if data else []
+    unique: dict[bytes, int] = {}
+    where = [[unique.setdefault(s, len(unique)) for s in run.streams] for run in runs]
+    decoded = (cache or DecodedTiles(0)).get(list(unique), device) if unique else []
     out = torch.full((sum(run.n_tiles for run in runs), side, side, 3), 255, dtype=torch.uint8,
                      device=device)
-    first_tile = first_stream = 0
-    for run in runs:
+    first_tile = 0
+    for run, streams in zip(runs, where, strict=True):
         for k, s, dy, dx, sy, sx, h, w in run.pieces.tolist():
-            src = decoded[first_stream + s][:, sy:sy + h, sx:sx + w]
+            src = decoded[streams[s]][:, sy:sy + h, sx:sx + w]
             out[first_tile + k, dy:dy + h, dx:dx + w] = src.permute(1, 2, 0)
         first_tile += run.n_tiles
-        first_stream += len(run.streams)
     return out
+
+
+def device_decode_available(device: str) -> bool:
+    """Whether ``torchvision.io.decode_jpeg`` decodes on ``device`` (nvJPEG on CUDA): one
+    8×8 test image is decoded there, once per device."""
+    return _decodes_on(str(device))
+
+
+@lru_cache(maxsize=8)
+def _decodes_on(device: str) -> bool:
+    try:
+        import torch
+        from torchvision.io import decode_jpeg, encode_jpeg
+
+        probe = encode_jpeg(torch.full((3, 8, 8), 128, dtype=torch.uint8))
+        return decode_jpeg([probe], device=device)[0].shape == (3, 8, 8)
+    except (ImportError, RuntimeError, ValueError, NotImplementedError):
+        return False
+
+
+def resize_area(tiles, side: int):
+    """Square uint8 tiles N×s×s×3 (on any device) resized to N×side×side×3 with cv2
+    INTER_AREA's weights (:func:`area_weights`), applied in float32 as two matrix products
+    and rounded as cv2 rounds (half to even; half up for an exact halving). Equal to
+    ``cv2.resize(tile, (side, side), interpolation=cv2.INTER_AREA)`` for downscaling up to
+    float summation order (tested: at most 1 level apart); upscaling differs by up to 1 level
+    where cv2 uses fixed-point weights."""
+    import torch
+
+    n_in = tiles.shape[1]
+    if n_in == side:
+        return tiles
+    weights = torch.from_numpy(area_weights(n_in, side)).to(tiles.device)
+    x = weights @ tiles.permute(0, 3, 1, 2).float() @ weights.T
+    x = x.add_(0.5).floor_() if n_in == 2 * side else x.round_()
+    return x.clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+@lru_cache(maxsize=16)
+def area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """cv2 INTER_AREA's resampling weights along one axis, n_out×n_in float32, read off cv2
+    itself: resizing the identity resizes each of its columns, so the result is the matrix
+    (the resize is linear and separable on float32 images)."""
+    import cv2
+
+    eye = np.eye(n_in, dtype=np.float32)
+    return cv2.resize(eye, (n_in, n_out), interpolation=cv2.INTER_AREA)
 
 
 def read_run_compressed(reader: DirectTileReader, coords: np.ndarray) -> CompressedRun | None:

@@ -30,7 +30,7 @@ Writes ``RUN/eval/<split>/``: ``metrics.json``, ``predictions.csv``,
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -49,17 +49,16 @@ from ..formats.runfolder import (
     fold_dir,
     model_files,
     read_config,
-    read_fold_meta,
     read_splits,
     recorded_path,
 )
 from ..model.device import select_device
 from ..model.heads import HEADS, fit_centroids, fit_linear_probe
-from ..stats.bootstrap import CI_LEVEL, Units, metric_intervals, resampling_units
-from ..stats.metrics import ECE_BINS, SCALARS, compute_metrics
+from ..model.predictor import centroid_temperature
 from ..stats.plots import plot_confusion, plot_roc
 from ..stats.reports import render_eval_report
 from ..stats.simplex import centroid_scores, ncmi_measure, softmax
+from .evalmetrics import FoldResult, RunData, build_metrics, pool
 from .heatmap import SlideCall, draw_heatmaps
 from .provenance import write_record
 from .review import EvalSlides, ReviewSettings, write_eval_review
@@ -68,35 +67,6 @@ log = logging.getLogger("wsi_ncmi")
 
 PROBE_INPUTS = ("z", "z_tilde")
 SPLIT_PARTS = ("train", "val", "test")
-
-
-@dataclass
-class RunData:
-    """What every fold of a run needs: resolved ``cfg``, ``splits`` record, ``classes``,
-    ``labels`` (slide id → class index), ``patients`` (slide id → patient id, "" if none),
-    ``features_dir``, ``manifest``."""
-
-    cfg: dict
-    splits: dict
-    classes: list[str]
-    labels: dict[str, int]
-    patients: dict[str, str]
-    features_dir: Path
-    manifest: Path
-
-
-@dataclass
-class FoldResult:
-    """One fold on the evaluated split: ``slide_ids`` (n), ``y`` (n,), ``scores`` head →
-    (n×C), ``ncmi`` and ``ncmi_train`` measures, ``fit`` head → how it was fitted."""
-
-    fold: int
-    slide_ids: list[str]
-    y: np.ndarray
-    scores: dict[str, np.ndarray]
-    ncmi: dict[str, float]
-    ncmi_train: dict[str, float]
-    fit: dict[str, dict] = field(default_factory=dict)
 
 
 def evaluate_run(run_dir: Path, split: str = "test", features_dir: Path | None = None,
@@ -125,11 +95,15 @@ def evaluate_run(run_dir: Path, split: str = "test", features_dir: Path | None =
     run_dir = Path(run_dir)
     data = load_run_data(run_dir, features_dir, manifest, split)
     dev = str(select_device(device))
+    log.info("eval %s on the %s split: %d fold(s), %s", run_dir, split,
+             sum(bool(f[split]) for f in data.splits["folds"]), dev)
     results = [evaluate_fold(fold_dir(run_dir, fold["fold"]), fold, split, data, probe_input,
                              seed, dev)
                for fold in data.splits["folds"] if fold[split]]
+    log.info("eval: bootstrap intervals over patients (%d resamples)", n_boot)
     metrics = build_metrics(results, data, run_dir, split, n_boot, seed, probe_input)
     out_dir = eval_dir(run_dir, split)
+    log.info("eval: writing metrics, predictions, plots and the report to %s", out_dir)
     outputs = write_outputs(out_dir, results, data, metrics)
     files = slide_files(data.manifest, slide_root) if heatmaps > 0 or review else {}
     slides_read: list[tuple[str, Path]] = []
@@ -156,12 +130,13 @@ def evaluate_run(run_dir: Path, split: str = "test", features_dir: Path | None =
 def most_confident(results: list[FoldResult], classes: list[str], k: int,
                    head: str = "linear_probe") -> list[tuple[int, str, SlideCall]]:
     """The ``k`` evaluated slides ``head`` predicts most confidently (highest top probability;
-    ties by slide id), each with the fold that scored it and its prediction."""
+    ties by slide id), each with the fold that scored it and its prediction (with the true
+    class)."""
     ranked = sorted((-float(r.scores[head][i].max()), sid, r.fold,
-                     classes[int(r.scores[head][i].argmax())])
+                     classes[int(r.scores[head][i].argmax())], classes[int(r.y[i])])
                     for r in results for i, sid in enumerate(r.slide_ids))
-    return [(fold, sid, SlideCall(name, -neg_p, head))
-            for neg_p, sid, fold, name in ranked[:k]]
+    return [(fold, sid, SlideCall(name, -neg_p, head, true_class=truth))
+            for neg_p, sid, fold, name, truth in ranked[:k]]
 
 
 def slide_files(manifest: Path, slide_root: Path | None) -> dict[str, Path]:
@@ -188,7 +163,7 @@ def write_eval_record(out_dir: Path, run_dir: Path, data: RunData, split: str,
         out_dir, command="eval", slides=slides, scope=run_dir,
         config={"run": str(run_dir), "split": split, **settings,
                 "features_dir": str(data.features_dir), "manifest": str(data.manifest)},
-        inputs=[*model_files(run_dir, folds, probe=False), data.manifest,
+        inputs=[*model_files(run_dir, folds, probe=False, calibration=True), data.manifest,
                 *(bag_path(data.features_dir, s) for s in bags)],
         outputs=outputs, seeds={"bootstrap": settings["seed"], "probe_cv": settings["seed"]})
 
@@ -225,6 +200,8 @@ def evaluate_fold(fold_dir: Path, fold: dict, split: str, data: RunData, probe_i
     every applicable head."""
     from ..model.inference import load_fold, run_model
 
+    log.info("eval fold %s: running the model on %d training and %d %s slide(s)",
+             fold["fold"], len(fold["train"]), len(fold[split]), split)
     loaded = load_fold(fold_dir, device)
     if list(loaded.meta["classes"]) != data.classes:
         raise InputError(f"{fold_dir / META}: classes {loaded.meta['classes']} differ "
@@ -244,117 +221,21 @@ def evaluate_fold(fold_dir: Path, fold: dict, split: str, data: RunData, probe_i
     probe = fit_linear_probe(train[probe_input], y_train, n_classes,
                              groups=patients if any(patients) else None, seed=seed)
     means = fit_centroids(train["p"], y_train, n_classes)
+    temperature = centroid_temperature(fold_dir.parent, int(fold["fold"]), loaded.meta,
+                                       data.manifest)
     scores = {"linear_probe": probe.scores(evaluated[probe_input]),
-              "centroid": centroid_scores(evaluated["p"], means)}
+              "centroid": centroid_scores(evaluated["p"], means, temperature)}
     fit = {"linear_probe": {"input": probe_input, "C": probe.C, **probe.selection,
                             "n_train_slides": len(train_ids)},
            "centroid": {"outputs": f"p ({evaluated['p'].shape[1]}-simplex)",
-                        "n_train_slides": len(train_ids)}}
+                        "n_train_slides": len(train_ids),
+                        "temperature": temperature}}
     if evaluated["logits"] is not None:
         scores["classifier"] = softmax(evaluated["logits"])
         fit["classifier"] = {"outputs": f"softmax of the {loaded.meta['loss']} run's logits"}
     return FoldResult(fold=int(fold["fold"]), slide_ids=eval_ids, y=y_eval, scores=scores,
                       ncmi=ncmi_measure(evaluated["p"], y_eval, n_classes),
                       ncmi_train=ncmi_measure(train["p"], y_train, n_classes), fit=fit)
-
-
-def num(x: float) -> float | None:
-    """A JSON-safe number: NaN/inf → None (``null``)."""
-    return float(x) if np.isfinite(x) else None
-
-
-def head_metrics(y: np.ndarray, scores: np.ndarray, units: Units, classes: list[str], n_boot: int,
-                 seed: int) -> dict:
-    """The metrics.json entry of one head: scalars and per-class AUC with 95 % intervals,
-    per-class precision/recall/F1/support, the confusion matrix and notes."""
-    point = compute_metrics(y, scores)
-    interval = metric_intervals(y, scores, units, n_boot, seed)
-
-    def entry(j: int, value: float) -> dict:
-        return {"value": num(value), "ci95": [num(interval.low[j]), num(interval.high[j])],
-                "n_boot_valid": int(interval.n_valid[j])}
-
-    out = {name: entry(j, point.scalars[name]) for j, name in enumerate(SCALARS)}
-    out["per_class"] = {
-        name: {"precision": num(point.precision[c]), "recall": num(point.recall[c]),
-               "f1": num(point.f1[c]), "support": int(point.support[c]),
-               "auc": entry(len(SCALARS) + c, point.auc_per_class[c])}
-        for c, name in enumerate(classes)}
-    out["confusion"] = point.confusion.tolist()
-    out["notes"] = {classes[c]: reason for c, reason in point.notes.items()}
-    return out
-
-
-def common_heads(results: list[FoldResult]) -> list[str]:
-    """Heads that scored every fold, in :data:`HEADS` order."""
-    return [h for h in HEADS if all(h in r.scores for r in results)]
-
-
-def pool(results: list[FoldResult]) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
-    """Slide ids, labels and per-head scores of all folds' rows, folds in order."""
-    ids = [s for r in results for s in r.slide_ids]
-    y = np.concatenate([r.y for r in results])
-    return ids, y, {h: np.concatenate([r.scores[h] for r in results])
-                    for h in common_heads(results)}
-
-
-def _mean_sd(values: np.ndarray) -> dict:
-    finite = values[np.isfinite(values)]
-    return {"mean": num(finite.mean()) if len(finite) else None,
-            "sd": num(finite.std(ddof=1)) if len(finite) > 1 else None}
-
-
-def fold_summary(results: list[FoldResult]) -> dict:
-    """Per head and scalar metric: mean and sd (ddof = 1; null with one fold) over the folds
-    where the metric is defined."""
-    out: dict = {}
-    for head in common_heads(results):
-        values = np.array([[compute_metrics(r.y, r.scores[head]).scalars[m] for m in SCALARS]
-                           for r in results])
-        out[head] = {m: _mean_sd(values[:, j]) for j, m in enumerate(SCALARS)}
-    return out
-
-
-def build_metrics(results: list[FoldResult], data: RunData, run_dir: Path, split: str,
-                  n_boot: int, seed: int, probe_input: str) -> dict:
-    """The ``metrics.json`` record (see the issue's contract; extra keys are additive)."""
-    ids, y, scores = pool(results)
-    units = resampling_units(ids, [data.patients[s] for s in ids])
-    folds = []
-    for r in results:
-        folds.append({
-            "fold": r.fold, "n_slides": len(r.slide_ids),
-            "heads": {h: {m: num(v) for m, v in compute_metrics(r.y, s).scalars.items()}
-                      for h, s in r.scores.items()},
-            "ncmi": {k: num(v) for k, v in r.ncmi.items()},
-            "ncmi_train": {k: num(v) for k, v in r.ncmi_train.items()},
-            "fit": r.fit})
-
-    def fold_mean(key: str) -> dict:
-        return {m: num(np.mean([getattr(r, key)[m] for r in results]))
-                for m in ("ncmi", "cmi", "gamma")}
-
-    meta = read_fold_meta(fold_dir(run_dir, results[0].fold))
-    return {
-        "split": split, "n_slides": len(ids), "classes": data.classes,
-        "heads": {h: head_metrics(y, s, units, data.classes, n_boot, seed)
-                  for h, s in scores.items()},
-        "ncmi": fold_mean("ncmi"),
-        "ncmi_train": fold_mean("ncmi_train"),
-        "run": str(run_dir), "loss": meta.get("loss"), "encoder": meta.get("encoder"),
-        "loss_settings": meta.get("loss_settings"),
-        "n_folds": len(results),
-        "pooled": ("out-of-fold: each fold's rows scored by that fold's model"
-                   if len(results) > 1 else "single fold"),
-        "class_counts": {c: int((y == i).sum()) for i, c in enumerate(data.classes)},
-        "n_patients": len({data.patients[s] for s in ids if data.patients[s]}),
-        "bootstrap": {"method": "percentile", "level": CI_LEVEL, "n_boot": n_boot, "seed": seed,
-                      "unit": units.kind, "n_units": units.n_units},
-        "ece_bins": f"{ECE_BINS} equal-width bins on the max class probability",
-        "probe_input": probe_input,
-        "folds": folds,
-        "fold_summary": fold_summary(results),
-    }
 
 
 def predictions_frame(results: list[FoldResult], data: RunData) -> pd.DataFrame:

@@ -3,7 +3,8 @@
 ``<slide_id>.png`` and ``<slide_id>.geojson`` (:mod:`wsi_ncmi.stats.attention`) for one slide,
 drawn by ``wsi-ncmi heatmap`` (:func:`run_heatmap`), by ``eval --heatmaps``
 (:func:`draw_heatmaps`) and by ``predict`` (:func:`write_heatmap`). The PNG's title names the
-slide, the predicted class, its probability and the head that gave it. Tile squares need the
+slide, the predicted class, its probability and the head that gave it — and, for ``eval``'s
+labelled slides, the true class. Tile squares need the
 tile side in level-0 px (:func:`~wsi_ncmi.formats.featurefile.tile_geometry`).
 """
 
@@ -34,18 +35,21 @@ from .provenance import write_record
 
 log = logging.getLogger("wsi_ncmi")
 
+
 @dataclass(frozen=True)
 class SlideCall:
-    """The prediction shown in a heatmap's title: class name, its probability (0–1) and the
-    head that produced it."""
+    """The prediction shown in a heatmap's title: class name, its probability (0–1), the
+    head that produced it and, for a labelled slide, its ``true_class``."""
 
     predicted_class: str
     probability: float
     head: str
+    true_class: str | None = None
 
     def caption(self, slide_id: str) -> str:
         """The heatmap's title line."""
-        return (f"{slide_id}: predicted {self.predicted_class} "
+        truth = f"true {self.true_class}, " if self.true_class is not None else ""
+        return (f"{slide_id}: {truth}predicted {self.predicted_class} "
                 f"(p = {self.probability:.2f}, {HEAD_NAMES.get(self.head, self.head)})")
 
 
@@ -76,6 +80,8 @@ def write_heatmap(out_dir: Path, slide_id: str, slide_path: Path, features_file:
                               thumbnail.shape[:2], scale)
     png = render_heatmap(id_path(out_dir, slide_id, ".png"), thumbnail, raster,
                          call.caption(slide_id))
+    log.debug("wrote %s: %d tile(s) over a %d × %d px thumbnail, titled %r", png, len(coords),
+              thumbnail.shape[1], thumbnail.shape[0], call.caption(slide_id))
     geojson = id_path(out_dir, slide_id, ".geojson")
     write_json(geojson, attention_geojson(coords, size0, attention, slide_id))
     return [png, geojson]
@@ -97,7 +103,12 @@ def run_heatmap(run_dir: Path, slide_id: str, slide_path: Path, *, fold: int | N
     run_dir = Path(run_dir)
     check_id(slide_id)
     k = fold if fold is not None else fold_holding(run_dir, slide_id)
+    given = features_dir is not None
     features_dir = recorded_path(read_config(run_dir), "features_dir", features_dir, run_dir)
+    if not bag_path(features_dir, slide_id).is_file():
+        source = "--features-dir" if given else "data.features_dir of RUN/config.yaml"
+        raise InputError(f"{bag_path(features_dir, slide_id)}: feature file not found (from "
+                         f"{source}); pass --features-dir FOLDER holding {slide_id}.h5")
     predictor = load_predictor(run_dir, [k], head, device)
     result = predictor.predict(Path(features_dir), [slide_id])
     proba = result["proba"][0]
@@ -109,7 +120,8 @@ def run_heatmap(run_dir: Path, slide_id: str, slide_path: Path, *, fold: int | N
     write_record(out_dir / "provenance", command="heatmap",
                  config={"run": run_dir, "slide_id": slide_id, "fold": k, "head": head,
                          "features_dir": features_dir, "device": device},
-                 inputs=[*model_files(run_dir, [k], head == "linear_probe"),
+                 inputs=[*model_files(run_dir, [k], head == "linear_probe",
+                                      head == "centroid"),
                          bag_path(features_dir, slide_id)],
                  slides=[(slide_id, Path(slide_path))],
                  outputs=paths, name=f"heatmap-{slide_id}.json")
@@ -126,11 +138,12 @@ def draw_heatmaps(run_dir: Path, picks: Sequence[tuple[int, str, SlideCall]],
 
     written: list[Path] = []
     models: dict[int, object] = {}
-    for fold, sid, call in picks:
+    for i, (fold, sid, call) in enumerate(picks, 1):
         slide_path = slide_paths.get(sid)
         if slide_path is None or not slide_path.is_file():
             log.warning("heatmaps: slide %s skipped: slide file %s not found", sid, slide_path)
             continue
+        log.info("heatmap %d/%d: %s (fold %d)", i, len(picks), sid, fold)
         if fold not in models:
             models[fold] = load_fold(fold_dir(run_dir, fold), device)
         attention = run_model(models[fold], features_dir, [sid])["attention"][0]
@@ -139,4 +152,5 @@ def draw_heatmaps(run_dir: Path, picks: Sequence[tuple[int, str, SlideCall]],
                                      attention, call)
         except InputError as exc:
             log.warning("heatmaps: slide %s skipped: %s", sid, exc)
+    log.info("heatmaps: %d of %d slide(s) drawn in %s", len(written) // 2, len(picks), out_dir)
     return written

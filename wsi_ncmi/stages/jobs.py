@@ -76,7 +76,7 @@ def jobs_from_paths(paths: Iterable[Path], ids: Iterable[str] | None = None,
             job.problem = (f"{job.path}: {unsafe}; rename the file or give a slide_id in a "
                            "manifest")
         elif not job.path.is_file():
-            job.problem = f"{job.path}: file not found"
+            job.problem = f"{job.path}: file not found{_flag_value_hint(job.path)}"
     for sid, group in by_id.items():
         if len(group) > 1:
             for job in group:
@@ -140,6 +140,16 @@ def shard_jobs(jobs: Sequence[SlideJob], shard: str | None) -> list[SlideJob]:
     """The jobs of shard ``"I/N"`` (all of them for None)."""
     index, count = parse_shard(shard)
     return [j for j in jobs if in_shard(j.slide_id, index, count)]
+
+
+#: words a user may put after a flag (``--verbose true``), which then read as slide inputs
+_FLAG_VALUES = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
+
+
+def _flag_value_hint(path: Path) -> str:
+    if str(path).lower() in _FLAG_VALUES:
+        return f" (flags such as --verbose take no value: drop {str(path)!r})"
+    return ""
 
 
 def _is_slide_name(p: Path) -> bool:

@@ -126,13 +126,10 @@ class PredictOutcome:
 def predict_slides(jobs: list[SlideJob], out_dir: Path, config: PredictConfig,
                    shard: str | None = None) -> PredictOutcome:
     """Predict every job of this shard into the workspace ``out_dir`` (see module docstring);
-    slides already predicted with the same run, folds and head are skipped."""
-    import torch
-
+    slides already predicted with the same run, folds and head are skipped, and the encoder
+    is loaded only when some slide is not."""
     from ..model.device import select_device
-    from ..model.encoders import load_recorded_encoder
     from ..model.predictor import load_predictor
-    from .extract import ExtractConfig, extract_key, precision_of
 
     if not 0.0 <= config.review_threshold <= 1.0:
         raise InputError(f"--review-threshold {config.review_threshold}: must be in [0, 1]")
@@ -140,24 +137,23 @@ def predict_slides(jobs: list[SlideJob], out_dir: Path, config: PredictConfig,
     settings = read_feature_settings(config.run)
     recorded = read_feature_record(config.run)["facts"].get("weights_files", [])
     device = select_device(config.device)
+    log.info("predict: loading %s (fold(s) %s, head %s) on %s", config.run,
+             ", ".join(map(str, config.folds)), config.head, device)
     predictor = load_predictor(config.run, config.folds, config.head, str(device))
-    encoder = load_recorded_encoder(settings, config.weights, config.download, recorded)
-    if encoder.weights_source == "random":
-        log.warning("the model was trained on features of random encoder weights (test/demo)")
-    encoder.model.to(device, memory_format=torch.channels_last)
-    extract_cfg = ExtractConfig(encoder=settings["encoder"], weights=config.weights,
-                                random_weights=encoder.weights_source == "random",
-                                device=str(device), batch_size=config.batch_size,
-                                workers=(ExtractConfig.workers if config.workers is None
-                                         else config.workers))
     tile_cfg = tile_config_for(settings, config.fallback_mpp)
-    e_key = extract_key(encoder, extract_cfg, precision_of(encoder, device, extract_cfg))
-    files = model_files(config.run, predictor.folds, probe=config.head == "linear_probe")
+    files = model_files(config.run, predictor.folds, probe=config.head == "linear_probe",
+                        calibration=config.head == "centroid")
     key = settings_key({"run": str(Path(config.run).resolve()), "folds": predictor.folds,
                         "head": config.head,
                         "files": _digests(Path(config.run), files)})
-    step = _SlideSteps(out_dir, tile_cfg, extract_cfg, encoder, device, e_key, predictor, key,
+    step = _SlideSteps(out_dir, tile_cfg, settings["encoder"], device, predictor, key,
                        config.review)
+    pending = sum(not step.is_done(j) for j in mine)
+    if pending:
+        step.extraction = load_extraction(settings, config, device, recorded)
+    else:
+        log.info("predict: all %d slide(s) already predicted with this run, head and folds",
+                 len(mine))
     summary = run_jobs(mine, Ledger(out_dir, "predict"), step.process, step.is_done)
     csv_path = merge_predictions(out_dir, key, predictor.classes, config.review_threshold)
     finished = [j for j in mine if j.slide_id in summary.complete]
@@ -165,7 +161,8 @@ def predict_slides(jobs: list[SlideJob], out_dir: Path, config: PredictConfig,
     if config.review is not None:
         outputs += write_predict_review(step, config)
     inputs = files + [Path(config.run) / FEATURES]
-    inputs += [encoder.weights_path] if encoder.weights_path else []
+    weights = step.extraction.encoder.weights_path if step.extraction else None
+    inputs += [weights] if weights else []
     tag = record_tag(jobs, shard)
     record = write_record(out_dir / "provenance", command="predict",
                           config={**asdict(config), "shard": shard, "feature_settings": settings,
@@ -175,22 +172,57 @@ def predict_slides(jobs: list[SlideJob], out_dir: Path, config: PredictConfig,
     return PredictOutcome(summary, csv_path, record)
 
 
+@dataclass(frozen=True)
+class Extraction:
+    """The run's encoder on the device, the extract settings and their key (the features'
+    ``extract_key``), for slides whose features are not made yet."""
+
+    encoder: Encoder
+    config: ExtractConfig
+    key: str
+
+
+def load_extraction(settings: dict, config: PredictConfig, device: torch.device,
+                    recorded: Sequence[str] = ()) -> Extraction:
+    """Load the encoder recorded in ``settings`` (``RUN/features.json``) with the very weights
+    the model was trained on (:func:`~wsi_ncmi.model.encoders.load_recorded_encoder`; the
+    weights files ``recorded`` in the run's facts are looked for first)."""
+    import torch
+
+    from ..model.encoders import load_recorded_encoder
+    from .extract import ExtractConfig, extract_key, precision_of
+
+    log.info("predict: loading the encoder %s", settings["encoder"])
+    encoder = load_recorded_encoder(settings, config.weights, config.download, recorded)
+    if encoder.weights_source == "random":
+        log.warning("the model was trained on features of random encoder weights (test/demo)")
+    encoder.model.to(device, memory_format=torch.channels_last)
+    extract_cfg = ExtractConfig(encoder=settings["encoder"], weights=config.weights,
+                                random_weights=encoder.weights_source == "random",
+                                device=str(device), batch_size=config.batch_size,
+                                workers=(ExtractConfig.workers if config.workers is None
+                                         else config.workers))
+    return Extraction(encoder, extract_cfg,
+                      extract_key(encoder, extract_cfg, precision_of(encoder, device,
+                                                                     extract_cfg)))
+
+
 @dataclass
 class _SlideSteps:
-    """Tile → extract → aggregate → heatmap for one slide, each step skipped when done."""
+    """Tile → extract → aggregate → heatmap for one slide, each step skipped when done;
+    ``extraction`` is set when some slide is not done."""
 
     out_dir: Path
     tile_cfg: TileConfig
-    extract_cfg: ExtractConfig
-    encoder: Encoder
+    encoder_name: str
     device: torch.device
-    extract_key: str
     predictor: RunPredictor
     key: str
     review: ReviewSettings | None
+    extraction: Extraction | None = None
 
     def features(self, slide_id: str) -> Path:
-        return features_path(self.out_dir, self.extract_cfg.encoder, slide_id)
+        return features_path(self.out_dir, self.encoder_name, slide_id)
 
     def record_path(self, slide_id: str) -> Path:
         return id_path(self.out_dir / "predictions", slide_id, ".json")
@@ -228,15 +260,18 @@ class _SlideSteps:
 
         sid, ws = job.slide_id, self.out_dir
         if not tile_complete(ws, sid, self.tile_cfg):
+            log.info("predict %s: tiling", sid)
             tile_slide(job.path, sid, ws, self.tile_cfg, job.mpp_override)
         tile_file = id_path(ws / "tiles", sid, ".h5")
         grid = read_tile_file(tile_file)
         if len(grid.coords) == 0:
             raise InputError(f"{job.path}: no tissue tiles found; nothing to predict")
         features = self.features(sid)
-        if not is_complete(features, str(grid.attrs.get("settings_key", "")), self.extract_key):
-            extract_slide(job.path, tile_file, features, self.encoder, self.extract_cfg,
-                          self.device)
+        ex = self.extraction
+        if not is_complete(features, str(grid.attrs.get("settings_key", "")), ex.key):
+            log.info("predict %s: extracting features of %d tile(s)", sid, len(grid.coords))
+            extract_slide(job.path, tile_file, features, ex.encoder, ex.config, self.device)
+        log.debug("predict %s: aggregating and drawing the heatmap", sid)
         result = self.predictor.predict(features.parent, [sid])
         proba = result["proba"][0]
         best = int(proba.argmax())

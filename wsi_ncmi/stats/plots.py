@@ -52,10 +52,25 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: Path, title: st
     return _save(fig, path)
 
 
-def plot_roc(y: np.ndarray, scores: np.ndarray, classes: Sequence[str], path: Path,
-             title: str) -> Path:
-    """One-vs-rest ROC curve per class (labels ``y`` (n,), scores (n×C)) as a PNG at
-    ``path``; a class whose AUC is undefined on these slides is listed as such."""
+#: per-class line styles and markers of the ROC plot: curves that coincide (a perfect
+#: classifier's, every class at AUC 1) stay told apart by style and marker, not colour alone
+ROC_LINESTYLES = ("-", "--", "-.", ":")
+ROC_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def roc_style(c: int) -> dict:
+    """Matplotlib line keywords of class ``c``'s ROC curve: a distinct (line style, marker)
+    pair for every class up to len(ROC_LINESTYLES) × len(ROC_MARKERS)."""
+    return {"linestyle": ROC_LINESTYLES[c % len(ROC_LINESTYLES)],
+            "marker": ROC_MARKERS[(c + c // len(ROC_MARKERS)) % len(ROC_MARKERS)],
+            "markevery": 0.1 + 0.03 * (c % 4), "markersize": 5, "linewidth": 1.5,
+            "alpha": 0.85}
+
+
+def roc_figure(y: np.ndarray, scores: np.ndarray, classes: Sequence[str], title: str
+               ) -> Figure:
+    """One-vs-rest ROC curve per class (labels ``y`` (n,), scores (n×C)), each with its own
+    :func:`roc_style`; a class whose AUC is undefined on these slides is listed as such."""
     y = np.asarray(y)
     fig = Figure(figsize=(5.5, 5))
     ax = fig.add_subplot()
@@ -64,18 +79,24 @@ def plot_roc(y: np.ndarray, scores: np.ndarray, classes: Sequence[str], path: Pa
         positive = y == c
         if positive.all() or not positive.any():
             missing = "negatives" if positive.any() else "positives"
-            ax.plot([], [], label=f"{name}: AUC undefined (no {missing})")
+            ax.plot([], [], label=f"{name}: AUC undefined (no {missing})", **roc_style(c))
             continue
         fpr, tpr, _ = roc_curve(positive, scores[:, c])
-        ax.plot(fpr, tpr, linewidth=1.5,
-                label=f"{name}: AUC {binary_auc(positive, scores[:, c]):.3f}")
+        ax.plot(fpr, tpr, label=f"{name}: AUC {binary_auc(positive, scores[:, c]):.3f}",
+                **roc_style(c))
     ax.set_xlim(-0.01, 1)
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return fig
+
+
+def plot_roc(y: np.ndarray, scores: np.ndarray, classes: Sequence[str], path: Path,
+             title: str) -> Path:
+    """:func:`roc_figure` as a PNG at ``path``."""
+    return _save(roc_figure(y, scores, classes, title), path)
 
 
 def plot_search(numbers: Sequence[int], values: Sequence[float], pruned: Sequence[bool],

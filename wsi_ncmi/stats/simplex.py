@@ -4,7 +4,8 @@ Used by the centroid head, training's validation and the NCMI measure alike:
 
 - class means s_c of outputs p (rows of a simplex), one per class;
 - KL(p_i ‖ s_c) for every output and class, in nats;
-- the centroid head's scores softmax_c(−KL(p_i ‖ s_c));
+- the centroid head's scores softmax_c(−KL(p_i ‖ s_c) / T), T a temperature (1 unless
+  calibrated, :func:`wsi_ncmi.model.heads.fit_temperature`);
 - CMI, Γ and NCMI of a model on a labelled set (Yang et al. 2023): with s_c the class means,
   CMI = mean_i KL(p_i ‖ s_{y_i}), Γ = mean_i mean_{c≠y_i} KL(s_c ‖ p_i), NCMI = CMI / Γ.
   Lower NCMI is better: outputs cluster tightly around their own class mean, far from others.
@@ -46,9 +47,10 @@ def kl_to_centroids(p: np.ndarray, means: np.ndarray) -> np.ndarray:
     return (p * np.log(p)).sum(1, keepdims=True) - p @ log_s.T
 
 
-def centroid_scores(p: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """(n×C) softmax over classes of −KL(p_i ‖ s_c): the centroid head's class scores."""
-    return softmax(-kl_to_centroids(p, means))
+def centroid_scores(p: np.ndarray, means: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """(n×C) softmax over classes of −KL(p_i ‖ s_c) / ``temperature``: the centroid head's
+    class scores (the temperature rescales confidence, never the ranking)."""
+    return softmax(-kl_to_centroids(p, means) / temperature)
 
 
 def ncmi_measure(p: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, float]:

@@ -180,7 +180,8 @@ class NCMILoss(SlideLoss):
 
     @torch.no_grad()
     def _sgd_step(self) -> None:
-        self.w_velocity.mul_(self.centroid_momentum).add_(self.w.grad)
+        torch.add(self.w.grad, self.w_velocity, alpha=self.centroid_momentum,
+                  out=self.w_velocity)
         self.w.sub_(self.w_velocity, alpha=self.centroid_lr)
         self.w.grad = None
 
