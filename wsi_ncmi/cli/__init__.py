@@ -6,7 +6,7 @@ stage only inside the command function, so ``--help`` and ``tile`` start fast. I
 command module registers it on :data:`~wsi_ncmi.cli.app.app`.
 """
 
-from . import tile, extract, tune, train, evaluate, compare, manifest, verify  # noqa: F401
+from . import tile, extract, tune, train, evaluate, compare, claim, manifest, verify  # noqa: F401
 from . import demo, heatmap, predict  # noqa: F401
 from .app import app
 

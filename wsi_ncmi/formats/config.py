@@ -44,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "loss": {"name": "ncmi"},
     "optim": {"name": "adamw", "lr": 2e-4, "weight_decay": 1e-4, "momentum": 0.9,
               "epochs": 50, "batch_size": 8, "max_tiles": 4096, "balanced_sampling": False,
-              "schedule": "cosine", "min_lr_ratio": 0.0, "patience": 10, "grad_clip": None},
+              "schedule": "cosine", "min_lr_ratio": 0.0, "patience": 30, "grad_clip": None},
     "data": {"cache_max_gb": 8.0, "prefetch": 2, "eval_batch_size": 4, "features_dir": None,
              "manifest": None},
     "device": "auto",
