@@ -157,7 +157,7 @@ def test_device_path_end_to_end_on_cpu_gives_the_cpu_paths_features(slide, tmp_p
     else:
         assert got[2]["decode"].startswith("torchvision on cpu (")
         assert got[2]["resize"].startswith(DEVICE_RESIZE + "; cv2.INTER_AREA for ")
-    assert ref[2]["decode"] == "reader processes (CPU)" and ref[2]["resize"] == "cv2.INTER_AREA"
+    assert ref[2]["decode"] == "cpu" and ref[2]["resize"] == "cv2.INTER_AREA"
 
 
 def test_a_damaged_tile_follows_the_cpu_paths_retry_and_skip(slide, tmp_path):

@@ -135,7 +135,7 @@ def test_features_match_a_direct_model_call(workspace, slide_dir, checkpoint):
     assert attrs["input_mpp"] == pytest.approx(1.0) and attrs["tile_size"] == 224
     pre = json.loads(attrs["preprocessing"])
     assert pre["input_size"] == 160 and attrs["resize"] == "cv2.INTER_AREA"  # SMALL's own
-    assert attrs["decode"] == "reader processes (CPU)"
+    assert attrs["decode"] == "cpu"
     enc = load_encoder(SMALL, weights=checkpoint)
     reader = TileReader(slide_dir / "slide_1.tif",
                         ReadSpec(grid.level, grid.read_size, 4.0 ** grid.level, 160))

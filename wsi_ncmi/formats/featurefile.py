@@ -20,8 +20,10 @@ Root attributes that are *facts* of this slide (they differ between slides of on
 
 - ``input_mpp`` (µm/px the tiles were cut at; within ``level_tolerance`` of the target, −1
   when unknown, e.g. CLAM/TRIDENT tiles), ``patch_level``, ``patch_size``,
-  ``patch_size_level0``, ``resize`` (``none`` when the level read had the target µm/px, else
-  ``cv2.INTER_AREA``: tiles were read larger and downsampled), ``tile_format`` (``wsi-ncmi`` |
+  ``patch_size_level0``, ``resize`` (``none`` when tiles reached the encoder at the side they
+  were read, else the resize method: ``cv2.INTER_AREA`` on the CPU path, area weights on the
+  device path), ``decode`` (``cpu``, or ``torchvision on <device> (k of N tiles)``),
+  ``reader`` (``direct`` | ``openslide``), ``tile_format`` (``wsi-ncmi`` |
   ``clam`` | ``trident``), ``weights_source`` (``file`` | ``hub`` | ``random``),
   ``weights_file`` (the weights file's absolute path, "" for random weights), and copied
   from our tile files: ``slide_width``, ``slide_height`` (level-0 px), ``slide_mpp_x``,

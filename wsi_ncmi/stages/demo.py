@@ -55,8 +55,8 @@ class DemoConfig:
     n_slides: int = 40
     seed: int = 0
     width_mm: tuple[float, float] = (1.0, 1.5)
-    tile_mpp: float = 1.0
-    tile_size: int = 224
+    tile_mpp: float = 2.0
+    tile_size: int = 112
     epochs: int = 40
     n_boot: int = 1000
     weights: Path | None = None
@@ -86,7 +86,9 @@ def run_demo(config: DemoConfig) -> dict:
         log.warning("encoder: resnet50_trunc with a locally created, seeded RANDOM "
                     "initialisation (%s) — no pretrained weights can be downloaded here; "
                     "pass --weights for real ones", weights)
-    _check(extract_slides(jobs, ws, ExtractConfig(encoder="resnet50_trunc", weights=weights)))
+    # tiles of 224 µm as cut (112 px): a quarter of the encoder's work at its 224-px input
+    _check(extract_slides(jobs, ws, ExtractConfig(encoder="resnet50_trunc", weights=weights,
+                                                  input_size="native")))
     features = features_dir(ws, "resnet50_trunc")
     runs = {}
     for loss in LOSSES:

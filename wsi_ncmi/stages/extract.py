@@ -292,7 +292,7 @@ def _write_attrs(tmp, grid, encoder, config, precision, side, read, key) -> None
         "weights_file": str(encoder.weights_path or ""),
         "resize": resize if side != grid.read_size else "none", "reader": read["reader"],
         "decode": (f"torchvision on {read['device']} ({on_device} of {n} tiles)" if on_device
-                   else "reader processes (CPU)"),
+                   else "cpu"),
         "random_weights": encoder.weights_source == "random", "feature_dim": encoder.dim,
         "dtype": "float16" if config.fp16_storage else "float32", "precision": precision,
         "preprocessing": json.dumps(pre), "input_mpp": float(grid.effective_mpp or -1),

@@ -131,9 +131,12 @@ def tile_loader(slide_path: Path, coords: np.ndarray, spec: ReadSpec, reader_cho
     quarter of a worker's share of the slide (between ``2 × region_tiles`` and
     ``batch_size`` tiles): small enough that every reader process gets work on a short
     slide, large enough that per-item overhead stays low on a long one. The caller gathers
-    items into encoder batches (:func:`gather`).
+    items into encoder batches (:func:`gather`). ``workers`` reader processes read them,
+    none for a slide of one encoder batch or less.
     """
-    workers = workers if len(coords) else 0
+    # one encoder batch or less leaves no compute for reads to overlap with: starting
+    # worker processes would only add their start-up (~0.5 s a slide)
+    workers = workers if len(coords) > batch_size else 0
     share = len(coords) // (4 * max(1, workers))
     item = max(2 * region_tiles, min(batch_size, share))
     runs = region_runs(coords, spec.downsample, spec.read_size, region_tiles)
