@@ -8,13 +8,13 @@ import json
 import re
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from cli import run_cli
 from sklearn.metrics import f1_score
+from toy_bags import write_toy_bags
 
 from wsi_ncmi.errors import InputError
 from wsi_ncmi.stages.claim import best_baseline, validation_value
@@ -27,22 +27,10 @@ CONFIG = {"task": {"classes": ["c0", "c1"]}, "model": {"embed_dim": 8, "attn_dim
 def write_bags(root: Path, per_class: int = 12) -> tuple[Path, Path]:
     """Two classes of 8–16-tile bags (class 1: a third of its tiles shifted along axis 0),
     one slide per patient; per class 6 train, 3 val, 3 test slides."""
-    rng = np.random.default_rng(1)
     features = root / "features"
-    features.mkdir(parents=True)
-    rows = []
-    for c in range(2):
-        for j in range(per_class):
-            n = int(rng.integers(8, 17))
-            x = rng.standard_normal((n, D)).astype(np.float32)
-            if c:
-                x[: n // 3 + 1, 0] += 2.0
-            sid = f"s{c}_{j:02d}"
-            with h5py.File(features / f"{sid}.h5", "w") as f:
-                f["features"] = x
-                f["coords"] = np.zeros((n, 2), np.int64)
-            rows.append({"slide_id": sid, "label": f"c{c}", "patient_id": f"p{c}_{j}",
-                         "split": "train" if j < 6 else "val" if j < 9 else "test"})
+    rows = [{"slide_id": sid, "label": f"c{c}", "patient_id": f"p{c}_{j}",
+             "split": "train" if j < 6 else "val" if j < 9 else "test"}
+            for sid, c, j in write_toy_bags(features, per_class, D, 2.0, seed=1)]
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
     return features, root / "manifest.csv"
 
@@ -194,3 +182,14 @@ def test_snakemake_claim_target_plans_every_loss(tmp_path):
     for problem in ("claim.losses: unknown loss 'hinge'", "claim.loss 'focal' must be one of",
                     "claim.seeds must list distinct integers", "claim.heads must list"):
         assert problem in message
+
+
+def test_claim_refuses_a_name_that_is_not_a_loss(tmp_path):
+    """Loss names become folder names under RUNS and TUNE: anything but a registered loss is
+    refused before a file is read."""
+    (tmp_path / "runs" / "ncmi").mkdir(parents=True)
+    out = run_cli("claim", tmp_path / "runs", "--tune", tmp_path / "tune", "--losses",
+                  "ncmi,../../escape", "--out", tmp_path / "claim", check=False)
+    assert out.returncode != 0
+    assert "'../../escape' is not a loss" in out.stderr
+    assert not (tmp_path / "claim").exists()

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from cli import run_cli
 from sklearn.metrics import accuracy_score, f1_score
+from toy_bags import write_toy_bags
 
 from wsi_ncmi.errors import InputError
 from wsi_ncmi.stages.compare import compare_runs
@@ -130,21 +130,9 @@ def test_seed_paired_interval_matches_an_independent_numpy_loop():
 def write_cohort(root: Path, per_class: int = 12, dim: int = 6) -> tuple[Path, Path]:
     """Two classes of 8–16-tile bags (class 1: a third of its tiles shifted along axis 0),
     two slides per patient, no split column (the runs use k-fold splits)."""
-    rng = np.random.default_rng(2)
     features = root / "features"
-    features.mkdir(parents=True)
-    rows = []
-    for c in range(2):
-        for j in range(per_class):
-            n = int(rng.integers(8, 17))
-            x = rng.standard_normal((n, dim)).astype(np.float32)
-            if c:
-                x[: n // 3 + 1, 0] += 2.0
-            with h5py.File(features / f"s{c}_{j:02d}.h5", "w") as f:
-                f["features"] = x
-                f["coords"] = np.zeros((n, 2), np.int64)
-            rows.append({"slide_id": f"s{c}_{j:02d}", "label": f"c{c}",
-                         "patient_id": f"p{c}_{j // 2}"})
+    rows = [{"slide_id": sid, "label": f"c{c}", "patient_id": f"p{c}_{j // 2}"}
+            for sid, c, j in write_toy_bags(features, per_class, dim, 2.0, seed=2)]
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
     return features, root / "manifest.csv"
 

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 from cli import CLI, run_cli
+from toy_bags import write_toy_bags
 
 from wsi_ncmi.errors import InputError
 from wsi_ncmi.formats.config import resolve_config
@@ -52,24 +53,13 @@ def write_cohort(root: Path, per_class: int = 12) -> tuple[Path, Path, list[str]
     axis 0); two slides per patient; patients 0–1 of each class test, 2–3 val, the rest train.
     Test slides: one has no feature file, one a corrupt one, and their labels are unknown.
     Returns features, manifest and the test slide ids."""
-    rng = np.random.default_rng(0)
     features = root / "features"
-    features.mkdir(parents=True)
     rows = []
-    for c in range(2):
-        for j in range(per_class):
-            n = int(rng.integers(8, 17))
-            x = rng.standard_normal((n, D)).astype(np.float32)
-            if c:
-                x[: n // 3 + 1, 0] += 3.0
-            sid = f"s{c}_{j:02d}"
-            with h5py.File(features / f"{sid}.h5", "w") as f:
-                f["features"] = x
-                f["coords"] = np.zeros((n, 2), np.int64)
-            patient = j // 2
-            part = "test" if patient < 2 else "val" if patient < 4 else "train"
-            rows.append({"slide_id": sid, "label": "not-a-class" if part == "test" else f"c{c}",
-                         "patient_id": f"p{c}_{patient}", "split": part})
+    for sid, c, j in write_toy_bags(features, per_class, D, 3.0, seed=0):
+        patient = j // 2
+        part = "test" if patient < 2 else "val" if patient < 4 else "train"
+        rows.append({"slide_id": sid, "label": "not-a-class" if part == "test" else f"c{c}",
+                     "patient_id": f"p{c}_{patient}", "split": part})
     df = pd.DataFrame(rows)
     test = df.loc[df["split"] == "test", "slide_id"].tolist()
     (features / f"{test[0]}.h5").unlink()

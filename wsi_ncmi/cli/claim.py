@@ -8,14 +8,14 @@ from typing import Annotated
 import typer
 
 from .app import app
-from .common import fail
+from .common import VerboseOption, fail, setup_logging
 
 
 @app.command()
 def claim(
     runs: Annotated[Path, typer.Argument(
-        help="Folder of multi-seed runs, one per loss: RUNS/<loss>/ (train --seeds with the "
-        "loss's best.yaml, then eval).")],
+        metavar="RUNS", help="Folder of multi-seed runs, one per loss: RUNS/<loss>/ (train "
+        "--seeds with the loss's best.yaml, then eval).")],
     tune: Annotated[Path, typer.Option(
         help="Folder of tune folders, one per loss: TUNE/<loss>/trials.csv.")],
     loss: Annotated[str, typer.Option(help="The claimed loss (e.g. ncmi).")] = "ncmi",
@@ -33,17 +33,24 @@ def claim(
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples of patients (count).")
                       ] = 1000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed (integer).")] = 0,
+    verbose: VerboseOption = False,
 ) -> None:
     """The claimed loss against the baseline with the best validation score: test macro-F1
     and AUC of every loss over seeds, and the seed-paired difference."""
     from ..errors import InputError
+    from ..model.lossnames import LOSS_NAMES
     from ..stages.claim import claim_table
 
+    setup_logging(verbose)
     try:
         if not Path(runs).is_dir():
             raise InputError(f"{runs}: folder of runs not found")
         names = ([n.strip() for n in losses.split(",") if n.strip()] if losses else
                  sorted(p.name for p in Path(runs).iterdir() if p.is_dir()))
+        unknown = [n for n in names if n not in LOSS_NAMES]
+        if unknown:
+            raise InputError(f"{runs}: {', '.join(map(repr, unknown))} is not a loss "
+                             f"(expected some of {', '.join(LOSS_NAMES)})")
         result = claim_table({n: Path(runs) / n for n in names},
                              {n: Path(tune) / n for n in names}, loss, out, split,
                              head or ["own", "linear_probe"], fold, n_boot, seed)
