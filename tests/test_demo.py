@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 
@@ -44,3 +45,12 @@ def test_demo_table_matches_metrics_files(tmp_path):
     for loss in ("ncmi", "ce"):
         heatmaps = list((out / "runs" / loss / "eval" / "test" / "heatmaps").glob("*.png"))
         assert heatmaps and all(f"{loss} heatmap {p}" in proc.stdout for p in heatmaps)
+    # the next steps the demo prints, run as printed: predict, then verify with every slide
+    commands = re.findall(r"^  (wsi-ncmi (?:predict|verify) .+)$", proc.stdout, re.M)
+    assert [c.split()[1] for c in commands] == ["predict", "verify"], proc.stdout
+    for command in commands:
+        step = subprocess.run([sys.executable, "-m", "wsi_ncmi", *shlex.split(command)[1:]],
+                              capture_output=True, text=True)
+        assert step.returncode == 0, step.stderr[-3000:]
+    assert (out / "predict" / "predictions.csv").is_file()
+    assert "not checked" not in step.stderr and "0 problem(s)" in step.stderr

@@ -200,3 +200,24 @@ def test_verify_cli_exit_status_and_folder_search(run, tmp_path):
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(InputError, match="not a wsi-ncmi provenance record"):
         verify_record(tmp_path / "other.json")
+
+
+def test_verify_finds_slides_under_several_roots(tmp_path):
+    """A record whose slides lie in two folders (the demo's cohort and its new slides) is
+    checked whole with one --slide-root per folder; a swapped slide is caught there too."""
+    roots = [tmp_path / "cohort", tmp_path / "new"]
+    pairs = []
+    for i, root in enumerate(roots):
+        root.mkdir()
+        write_synthetic_slide(root / f"s{i}.tif", 512, 384, seed=i, downsamples=(1, 4))
+        pairs.append((f"s{i}", root / f"s{i}.tif"))
+    out = tmp_path / "out"
+    out.mkdir()
+    record = write_record(out, command="predict", config={}, inputs=[], outputs=[],
+                          slides=pairs)
+    one = verify_record(record, roots[:1])
+    assert len(one.unchecked) == 1 and "s1.tif" in one.unchecked[0]
+    both = run_cli("verify", out, "--slide-root", roots[0], "--slide-root", roots[1])
+    assert "2 file(s) checked, ok" in both.output
+    write_synthetic_slide(roots[1] / "s1.tif", 512, 384, seed=5, downsamples=(1, 4))
+    assert len(verify_record(record, roots).problems) == 1

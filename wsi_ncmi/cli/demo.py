@@ -32,7 +32,7 @@ def demo(
     verbose: VerboseOption = False,
 ) -> None:
     """Generate a heterogeneous cohort and run tile → extract → train (NCMI, CE) → eval →
-    compare; print the predict command to try next."""
+    compare; print the predict and verify commands to try next."""
     from ..errors import InputError
     from ..stages.demo import DemoConfig, format_table, run_demo
 
@@ -57,3 +57,5 @@ def demo(
     typer.echo(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
     typer.echo("\nNext, predict two new slides from a centre the model never saw (probabilities, "
                "heatmaps, a review page):\n  " + result["predict"])
+    typer.echo("then re-check every file the demo and predict wrote, slides included:\n  "
+               + result["verify"])

@@ -16,9 +16,10 @@ def verify(
     target: Annotated[Path, typer.Argument(
         metavar="DIR_OR_RECORD", help="A provenance record (.json), or a folder: every record "
         "in it and below it is checked (a workspace, a run folder, the demo's output).")],
-    slide_root: Annotated[Path | None, typer.Option(
-        help="Folder under which the records' slides are found by file name (records keep no "
-        "slide folders: they can carry labels); without it slides are not checked.")] = None,
+    slide_root: Annotated[list[Path] | None, typer.Option(
+        metavar="DIR", help="Folder under which the records' slides are found by file name "
+        "(records keep no slide folders: they can carry labels); repeat for several; without "
+        "it slides are not checked.")] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Re-fingerprint every file of the records; exit 1 if any drifted or is missing."""
@@ -27,7 +28,7 @@ def verify(
 
     setup_logging(verbose)
     try:
-        results = [verify_record(path, slide_root) for path in find_records(target)]
+        results = [verify_record(path, slide_root or ()) for path in find_records(target)]
     except InputError as exc:
         fail(exc)
     problems = 0
@@ -39,7 +40,7 @@ def verify(
         unchecked = f", {len(result.unchecked)} slide(s) not checked" if result.unchecked else ""
         checked = result.n_files - len(result.unchecked)
         typer.echo(f"{result.record}: {checked} file(s) checked, {status}{unchecked}", err=True)
-    if any(r.unchecked for r in results) and slide_root is None:
+    if any(r.unchecked for r in results) and not slide_root:
         typer.echo("slides are found by name: pass --slide-root DIR to check them", err=True)
     typer.echo(f"{len(results)} record(s), {problems} problem(s)", err=True)
     if problems:

@@ -102,7 +102,9 @@ def run_demo(config: DemoConfig) -> dict:
     heatmaps = {loss: sorted((run / "eval" / "test" / "heatmaps").glob("*.png"))
                 for loss, run in runs.items()}
     return {"rows": table_rows(runs), "runs": runs, "comparison": comparison,
-            "heatmaps": heatmaps, "predict": predict_command(out)}
+            "heatmaps": heatmaps, "predict": predict_command(out),
+            "verify": shlex.join(["wsi-ncmi", "verify", str(out), "--slide-root",
+                                  str(out / "slides"), "--slide-root", str(out / "new_slides")])}
 
 
 def write_new_slides(folder: Path, config: DemoConfig) -> None:

@@ -10,6 +10,7 @@ gives (records hold no slide folders), and are reported unchecked without one.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,8 +60,9 @@ def find_records(path: Path) -> list[Path]:
     return found
 
 
-def verify_record(record_path: Path, slide_root: Path | None = None) -> Verification:
-    """Re-fingerprint every file of a record (see the module docstring)."""
+def verify_record(record_path: Path, slide_roots: Sequence[Path] = ()) -> Verification:
+    """Re-fingerprint every file of a record (see the module docstring); its slides are
+    looked for by file name under each folder of ``slide_roots``."""
     record_path = Path(record_path)
     record = read_record(record_path)
     record_dir = record_path.resolve().parent
@@ -72,14 +74,15 @@ def verify_record(record_path: Path, slide_root: Path | None = None) -> Verifica
             if problem:
                 result.problems.append(problem)
     slides = record.get("slides", [])
-    index = _index(Path(slide_root), {e["name"] for e in slides}) if slide_root else {}
+    index = _index([Path(r) for r in slide_roots], {e["name"] for e in slides}) if slides else {}
+    roots = " or ".join(map(str, slide_roots))
     for entry in slides:
         shown = f"slide {entry['slide_id']} ({entry['name']})"
         found = index.get(entry["name"], [])
         if len(found) != 1:
-            why = ("no --slide-root given" if slide_root is None else
-                   f"not under {slide_root}" if not found else
-                   f"{len(found)} files of that name under {slide_root}")
+            why = ("no --slide-root given" if not slide_roots else
+                   f"not under {roots}" if not found else
+                   f"{len(found)} files of that name under {roots}")
             result.unchecked.append(f"{shown}: not checked ({why})")
             continue
         problem = _entry_problem({**entry, "path": entry["name"]}, "slide", found[0])
@@ -97,13 +100,14 @@ def _where(entry: dict, record_dir: Path) -> Path:
     return Path(entry.get("path", "?")).expanduser()
 
 
-def _index(root: Path, names: set[str]) -> dict[str, list[Path]]:
-    if not root.is_dir():
-        raise InputError(f"--slide-root {root}: not a folder")
+def _index(roots: list[Path], names: set[str]) -> dict[str, list[Path]]:
     index: dict[str, list[Path]] = {}
-    for path in root.rglob("*"):
-        if path.name in names and path.is_file():
-            index.setdefault(path.name, []).append(path)
+    for root in roots:
+        if not root.is_dir():
+            raise InputError(f"--slide-root {root}: not a folder")
+        for path in root.rglob("*"):
+            if path.name in names and path.is_file():
+                index.setdefault(path.name, []).append(path)
     return index
 
 
