@@ -67,6 +67,15 @@ CANDIDATES: dict[str, dict] = {
     "cand_lr5e4": {"optim": {"lr": 5e-4, "epochs": 100, "max_tiles": 512}},
     "cand_lr1e3": {"optim": {"lr": 1e-3, "epochs": 100, "max_tiles": 512}},
     "cand_lr2e3": {"optim": {"lr": 2e-3, "epochs": 100, "max_tiles": 512}},
+    # the recipe most tunes picked (lr ~7e-4, 512 tiles, some dropout and weight decay)
+    "cand_reg": {"model": {"dropout": 0.1},
+                 "optim": {"lr": 1e-3, "weight_decay": 1e-3, "epochs": 100, "max_tiles": 512}},
+    # cand_reg with NCMI's tuned range: colder T, slower q-steps (ce: the same as cand_reg)
+    "cand_reg_ncmi": {"model": {"dropout": 0.1},
+                      "optim": {"lr": 1e-3, "weight_decay": 1e-3, "epochs": 100,
+                                "max_tiles": 512},
+                      "loss": {"ncmi": {"temperature": 0.25, "centroid_lr": 0.1,
+                                        "centroid_momentum": 0.5}}},
 }
 #: the head each loss validates with during training (and tune selects on)
 OWN_HEAD = {"ncmi": "centroid", "supcon": "centroid"}
@@ -135,7 +144,10 @@ def recipe_config(work: Path, cohort: str, loss: str, recipe: str) -> dict:
     if recipe == "tuned":
         best = load_yaml(work / "tune" / cohort / loss / "best.yaml")
         return deep_merge(base, {k: v for k, v in best.items() if k not in ("data", "seed")})
-    return deep_merge(base, CANDIDATES[recipe])
+    recipe_cfg = deep_merge(CANDIDATES[recipe], {})
+    if loss != "ncmi":
+        recipe_cfg.get("loss", {}).pop("ncmi", None)
+    return deep_merge(base, recipe_cfg)
 
 
 def run_cell(work: Path, cohort: str, loss: str, recipe: str, seeds: list[int], n_boot: int,
