@@ -275,9 +275,35 @@ def summary(tables: list[pd.DataFrame]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def screen_table(work: Path) -> str:
+    """The screen's validation macro-F1 per cohort × loss (rows) and recipe (columns), the
+    tune's best beside it, and per recipe the mean and the worst gap to the tune's best."""
+    rows = [json.loads(line) for line in (work / "screen.jsonl").read_text().splitlines()]
+    table = pd.DataFrame(rows).drop_duplicates(["cohort", "loss", "recipe"], keep="last")
+    table["gap"] = table["val_macro_f1"] - table["tuned_val_macro_f1"]
+    recipes = [r for r in ("defaults", *CANDIDATES) if r in set(table["recipe"])]
+    lines = ["| cohort | loss | tuned (best trial) | " + " | ".join(recipes) + " |",
+             "|" + "---|" * (3 + len(recipes))]
+    for (cohort, loss), group in table.groupby(["cohort", "loss"], sort=False):
+        by = group.set_index("recipe")
+        cells = [f"{by.loc[r, 'val_macro_f1']:.3f} ({by.loc[r, 'gap']:+.3f})"
+                 if r in by.index else "–" for r in recipes]
+        lines.append(f"| {cohort} | {loss} | {_f(group['tuned_val_macro_f1'].iloc[0])} | "
+                     + " | ".join(cells) + " |")
+    gaps = table.pivot(index=["cohort", "loss"], columns="recipe", values="gap")
+    lines.append("| mean gap | | | " + " | ".join(
+        f"{gaps[r].mean():+.3f} ({gaps[r].notna().sum()} cells)" for r in recipes) + " |")
+    lines.append("| worst gap | | | " + " | ".join(f"{gaps[r].min():+.3f}" for r in recipes)
+                 + " |")
+    return ("Validation macro-F1 of one seed (seed 0) per candidate recipe (gap to the tune's "
+            "best trial), the split's validation slides only.\n\n" + "\n".join(lines) + "\n")
+
+
 def write_tables(work: Path, results: Path, cohorts: list[str], losses: list[str],
                  n_boot: int) -> None:
     results.mkdir(parents=True, exist_ok=True)
+    if (work / "screen.jsonl").is_file():
+        (results / "screen.md").write_text(screen_table(work))
     tables = []
     for cohort in cohorts:
         table = cohort_table(work, cohort, losses, n_boot)
