@@ -126,7 +126,7 @@ def test_run_folder_holds_config_splits_model_history_embeddings(runs, cohort):
     assert meta["loss"] == "ncmi" and meta["feature_dim"] == D and meta["embed_dim"] == 16
     assert meta["encoder"] == "toy"
     assert (meta["centroid_mode"], meta["centroid_map"], meta["temperature"]) == (
-        "learned", "nsf", 0.5)
+        "learned", "nsf", 0.25)
     assert np.array(meta["centroid_head_means"]).shape == (3, 16)
 
     weights = load_file(run / "fold_0" / "model.safetensors")
