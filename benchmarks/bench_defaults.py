@@ -62,20 +62,24 @@ OLD_DEFAULTS = {
                       "ratio": "sample", "centroid_lr": 0.5, "centroid_momentum": 0.9,
                       "centroid_warmup": 0.1}},
 }
+#: what a candidate keeps of the old defaults unless it changes it (spelled out, so that a
+#: screen means the same after the code's defaults change)
+_OLD_KEPT = {"model": {"dropout": 0.0}, "optim": {"weight_decay": 1e-4},
+             "loss": {"ncmi": {"temperature": 0.5, "centroid_lr": 0.5, "centroid_momentum": 0.9}}}
+_REG = deep_merge(_OLD_KEPT, {"model": {"dropout": 0.1}, "optim": {
+    "lr": 1e-3, "weight_decay": 1e-3, "epochs": 100, "max_tiles": 512}})
 #: candidate default recipes, screened on validation (``screen``); chosen from the tunes
 CANDIDATES: dict[str, dict] = {
-    "cand_lr5e4": {"optim": {"lr": 5e-4, "epochs": 100, "max_tiles": 512}},
-    "cand_lr1e3": {"optim": {"lr": 1e-3, "epochs": 100, "max_tiles": 512}},
-    "cand_lr2e3": {"optim": {"lr": 2e-3, "epochs": 100, "max_tiles": 512}},
+    "cand_lr5e4": deep_merge(_OLD_KEPT, {"optim": {"lr": 5e-4, "epochs": 100, "max_tiles": 512}}),
+    "cand_lr1e3": deep_merge(_OLD_KEPT, {"optim": {"lr": 1e-3, "epochs": 100, "max_tiles": 512}}),
+    "cand_lr2e3": deep_merge(_OLD_KEPT, {"optim": {"lr": 2e-3, "epochs": 100, "max_tiles": 512}}),
     # the recipe most tunes picked (lr ~7e-4, 512 tiles, some dropout and weight decay)
-    "cand_reg": {"model": {"dropout": 0.1},
-                 "optim": {"lr": 1e-3, "weight_decay": 1e-3, "epochs": 100, "max_tiles": 512}},
+    "cand_reg": _REG,
     # cand_reg with NCMI's tuned range: colder T, slower q-steps (ce: the same as cand_reg)
-    "cand_reg_ncmi": {"model": {"dropout": 0.1},
-                      "optim": {"lr": 1e-3, "weight_decay": 1e-3, "epochs": 100,
-                                "max_tiles": 512},
-                      "loss": {"ncmi": {"temperature": 0.25, "centroid_lr": 0.1,
-                                        "centroid_momentum": 0.5}}},
+    "cand_reg_ncmi": deep_merge(_REG, {"loss": {"ncmi": {
+        "temperature": 0.25, "centroid_lr": 0.1, "centroid_momentum": 0.5}}}),
+    # cand_reg with the colder T only (the old q-step): separates T from the q-step
+    "cand_reg_t25": deep_merge(_REG, {"loss": {"ncmi": {"temperature": 0.25}}}),
 }
 #: the head each loss validates with during training (and tune selects on)
 OWN_HEAD = {"ncmi": "centroid", "supcon": "centroid"}
