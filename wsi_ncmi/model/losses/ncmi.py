@@ -89,8 +89,8 @@ class NCMILoss(SlideLoss):
     def __init__(self, n_classes: int, embed_dim: int, *, temperature: float = 0.25,
                  ema_decay: float = 0.99, centroid_map: str = "nsf",
                  centroid_init: str = "onehot", centroid_mode: str = "learned",
-                 ratio: str = "sample", epsilon: float = 1e-6, centroid_lr: float = 0.1,
-                 centroid_momentum: float = 0.5, centroid_warmup: float = 0.1) -> None:
+                 ratio: str = "sample", epsilon: float = 1e-6, centroid_lr: float = 0.5,
+                 centroid_momentum: float = 0.9, centroid_warmup: float = 0.1) -> None:
         super().__init__(n_classes, embed_dim)
         check_range(self.name, "temperature", temperature, 0.0, float("inf"), low_open=True)
         check_range(self.name, "ema_decay", ema_decay, 0.0, 1.0)
