@@ -97,7 +97,8 @@ def run_claim(name: str, args: argparse.Namespace, losses: list[str]) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "pipelines" / "Snakefile"),
            "claim", "--profile", str(REPO / "pipelines" / "profiles" / "local"),
-           "--cores", str(args.cores), "--configfile", str(config)]
+           "--cores", str(args.cores), "--configfile", str(config),
+           "--rerun-triggers", "mtime"]  # a resumed study keeps its tiles, features, tunes
     n_slides = len(cohort.manifest.read_text().splitlines()) - 1
     print(f"{name}: {n_slides} slides written in {t_cohort:.0f} s; running "
           f"{' '.join(cmd[2:])}", flush=True)

@@ -62,11 +62,24 @@ OLD_DEFAULTS = {
                       "ratio": "sample", "centroid_lr": 0.5, "centroid_momentum": 0.9,
                       "centroid_warmup": 0.1}},
 }
+#: what a candidate keeps of the old defaults unless it changes it (spelled out, so that a
+#: screen means the same after the code's defaults change)
+_OLD_KEPT = {"model": {"dropout": 0.0}, "optim": {"weight_decay": 1e-4},
+             "loss": {"ncmi": {"temperature": 0.5, "centroid_lr": 0.5, "centroid_momentum": 0.9}}}
+_REG = deep_merge(_OLD_KEPT, {"model": {"dropout": 0.1}, "optim": {
+    "lr": 1e-3, "weight_decay": 1e-3, "epochs": 100, "max_tiles": 512}})
 #: candidate default recipes, screened on validation (``screen``); chosen from the tunes
 CANDIDATES: dict[str, dict] = {
-    "cand_lr5e4": {"optim": {"lr": 5e-4, "epochs": 100, "max_tiles": 512}},
-    "cand_lr1e3": {"optim": {"lr": 1e-3, "epochs": 100, "max_tiles": 512}},
-    "cand_lr2e3": {"optim": {"lr": 2e-3, "epochs": 100, "max_tiles": 512}},
+    "cand_lr5e4": deep_merge(_OLD_KEPT, {"optim": {"lr": 5e-4, "epochs": 100, "max_tiles": 512}}),
+    "cand_lr1e3": deep_merge(_OLD_KEPT, {"optim": {"lr": 1e-3, "epochs": 100, "max_tiles": 512}}),
+    "cand_lr2e3": deep_merge(_OLD_KEPT, {"optim": {"lr": 2e-3, "epochs": 100, "max_tiles": 512}}),
+    # the recipe most tunes picked (lr ~7e-4, 512 tiles, some dropout and weight decay)
+    "cand_reg": _REG,
+    # cand_reg with NCMI's tuned range: colder T, slower q-steps (ce: the same as cand_reg)
+    "cand_reg_ncmi": deep_merge(_REG, {"loss": {"ncmi": {
+        "temperature": 0.25, "centroid_lr": 0.1, "centroid_momentum": 0.5}}}),
+    # cand_reg with the colder T only (the old q-step): separates T from the q-step
+    "cand_reg_t25": deep_merge(_REG, {"loss": {"ncmi": {"temperature": 0.25}}}),
 }
 #: the head each loss validates with during training (and tune selects on)
 OWN_HEAD = {"ncmi": "centroid", "supcon": "centroid"}
@@ -135,7 +148,10 @@ def recipe_config(work: Path, cohort: str, loss: str, recipe: str) -> dict:
     if recipe == "tuned":
         best = load_yaml(work / "tune" / cohort / loss / "best.yaml")
         return deep_merge(base, {k: v for k, v in best.items() if k not in ("data", "seed")})
-    return deep_merge(base, CANDIDATES[recipe])
+    recipe_cfg = deep_merge(CANDIDATES[recipe], {})
+    if loss != "ncmi":
+        recipe_cfg.get("loss", {}).pop("ncmi", None)
+    return deep_merge(base, recipe_cfg)
 
 
 def run_cell(work: Path, cohort: str, loss: str, recipe: str, seeds: list[int], n_boot: int,
@@ -263,9 +279,35 @@ def summary(tables: list[pd.DataFrame]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def screen_table(work: Path) -> str:
+    """The screen's validation macro-F1 per cohort × loss (rows) and recipe (columns), the
+    tune's best beside it, and per recipe the mean and the worst gap to the tune's best."""
+    rows = [json.loads(line) for line in (work / "screen.jsonl").read_text().splitlines()]
+    table = pd.DataFrame(rows).drop_duplicates(["cohort", "loss", "recipe"], keep="last")
+    table["gap"] = table["val_macro_f1"] - table["tuned_val_macro_f1"]
+    recipes = [r for r in ("defaults", *CANDIDATES) if r in set(table["recipe"])]
+    lines = ["| cohort | loss | tuned (best trial) | " + " | ".join(recipes) + " |",
+             "|" + "---|" * (3 + len(recipes))]
+    for (cohort, loss), group in table.groupby(["cohort", "loss"], sort=False):
+        by = group.set_index("recipe")
+        cells = [f"{by.loc[r, 'val_macro_f1']:.3f} ({by.loc[r, 'gap']:+.3f})"
+                 if r in by.index else "–" for r in recipes]
+        lines.append(f"| {cohort} | {loss} | {_f(group['tuned_val_macro_f1'].iloc[0])} | "
+                     + " | ".join(cells) + " |")
+    gaps = table.pivot(index=["cohort", "loss"], columns="recipe", values="gap")
+    lines.append("| mean gap | | | " + " | ".join(
+        f"{gaps[r].mean():+.3f} ({gaps[r].notna().sum()} cells)" for r in recipes) + " |")
+    lines.append("| worst gap | | | " + " | ".join(f"{gaps[r].min():+.3f}" for r in recipes)
+                 + " |")
+    return ("Validation macro-F1 of one seed (seed 0) per candidate recipe (gap to the tune's "
+            "best trial), the split's validation slides only.\n\n" + "\n".join(lines) + "\n")
+
+
 def write_tables(work: Path, results: Path, cohorts: list[str], losses: list[str],
                  n_boot: int) -> None:
     results.mkdir(parents=True, exist_ok=True)
+    if (work / "screen.jsonl").is_file():
+        (results / "screen.md").write_text(screen_table(work))
     tables = []
     for cohort in cohorts:
         table = cohort_table(work, cohort, losses, n_boot)

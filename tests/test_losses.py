@@ -404,7 +404,7 @@ def test_fused_training_steps_equal_autograd_through_the_plain_formulas(centroid
     rounding."""
     g = torch.Generator().manual_seed(5)
     fused = NCMILoss(4, 12, temperature=0.3, centroid_map=centroid_map, ratio=ratio,
-                     ema_decay=0.8)
+                     ema_decay=0.8, centroid_lr=0.5, centroid_momentum=0.9)
     ref_w = fused.w.detach().double().requires_grad_(True)
     ref_mu, ref_v = torch.zeros(12, dtype=torch.float64), torch.zeros_like(ref_w)
     close = {"rtol": 2e-5, "atol": 1e-6}

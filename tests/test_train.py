@@ -117,7 +117,7 @@ def test_run_folder_holds_config_splits_model_history_embeddings(runs, cohort):
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["task"]["classes"] == ["type0", "type1", "type2"]
     assert cfg["loss"]["ncmi"]["centroid_mode"] == "learned"
-    assert cfg["loss"]["ncmi"]["temperature"] == 0.5
+    assert cfg["loss"]["ncmi"]["temperature"] == 0.25
     assert cfg["optim"]["max_tiles"] == 24 and cfg["seed"] == 0
     assert Path(cfg["data"]["features_dir"]) == cohort[0].resolve()
     assert resolve_config(load_config([run / "config.yaml"])) == cfg  # reusable as a config
@@ -126,7 +126,7 @@ def test_run_folder_holds_config_splits_model_history_embeddings(runs, cohort):
     assert meta["loss"] == "ncmi" and meta["feature_dim"] == D and meta["embed_dim"] == 16
     assert meta["encoder"] == "toy"
     assert (meta["centroid_mode"], meta["centroid_map"], meta["temperature"]) == (
-        "learned", "nsf", 0.5)
+        "learned", "nsf", 0.25)
     assert np.array(meta["centroid_head_means"]).shape == (3, 16)
 
     weights = load_file(run / "fold_0" / "model.safetensors")

@@ -86,7 +86,7 @@ class NCMILoss(SlideLoss):
 
     name = "ncmi"
 
-    def __init__(self, n_classes: int, embed_dim: int, *, temperature: float = 0.5,
+    def __init__(self, n_classes: int, embed_dim: int, *, temperature: float = 0.25,
                  ema_decay: float = 0.99, centroid_map: str = "nsf",
                  centroid_init: str = "onehot", centroid_mode: str = "learned",
                  ratio: str = "sample", epsilon: float = 1e-6, centroid_lr: float = 0.5,
