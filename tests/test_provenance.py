@@ -221,3 +221,9 @@ def test_verify_finds_slides_under_several_roots(tmp_path):
     assert "2 file(s) checked, ok" in both.output
     write_synthetic_slide(roots[1] / "s1.tif", 512, 384, seed=5, downsamples=(1, 4))
     assert len(verify_record(record, roots).problems) == 1
+
+
+def test_a_slide_root_that_is_not_a_folder_is_refused_for_any_record(run, tmp_path):
+    """Records without slides included: a mistyped --slide-root is never silently ignored."""
+    with pytest.raises(InputError, match="not a folder"):
+        verify_record(run["record"], [tmp_path / "no_such_folder"])

@@ -74,7 +74,7 @@ def verify_record(record_path: Path, slide_roots: Sequence[Path] = ()) -> Verifi
             if problem:
                 result.problems.append(problem)
     slides = record.get("slides", [])
-    index = _index([Path(r) for r in slide_roots], {e["name"] for e in slides}) if slides else {}
+    index = _index([Path(r) for r in slide_roots], {e["name"] for e in slides})
     roots = " or ".join(map(str, slide_roots))
     for entry in slides:
         shown = f"slide {entry['slide_id']} ({entry['name']})"
@@ -105,6 +105,8 @@ def _index(roots: list[Path], names: set[str]) -> dict[str, list[Path]]:
     for root in roots:
         if not root.is_dir():
             raise InputError(f"--slide-root {root}: not a folder")
+        if not names:  # a record without slides: nothing to look for under the root
+            continue
         for path in root.rglob("*"):
             if path.name in names and path.is_file():
                 index.setdefault(path.name, []).append(path)
