@@ -36,9 +36,9 @@ from ..errors import InputError
 from ..formats.runfolder import eval_dir, read_config
 from ..formats.seedruns import is_multi_seed, seed_runs
 from ..formats.tunefolder import TRIALS
-from ..stats.bootstrap import resampling_units, seed_mean_metrics, seed_paired_difference
+from ..stats.bootstrap import seed_mean_metrics, seed_paired_difference
 from ..stats.reports import fmt, table
-from .compare import EvaluatedRun, check_comparable, load_evaluated
+from .compare import EvaluatedRun, check_comparable, load_evaluated, paired_inputs
 from .provenance import write_record
 
 CLAIM_HEADS = ("own", "linear_probe", "centroid", "classifier")
@@ -132,16 +132,9 @@ def head_rows(head: str, runs: dict[str, Path], values: dict[str, tuple[float, f
     loaded = {loss: load_loss(root, split, head, fold) for loss, root in runs.items()}
     evals = [e for _, group in loaded.values() for e in group]
     check_comparable(evals)
-    ref = evals[0]
-    if ref.rows.empty:
+    if evals[0].rows.empty:
         raise InputError(f"no {split} slides to score (fold {fold})")
-    order = ref.rows.index
-    classes = ref.metrics["classes"]
-    y = ref.rows["true_label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-    units = resampling_units(list(order), ref.rows["patient_id"].tolist())
-    columns = [f"score_{c}" for c in classes]
-    scores = {loss: [e.rows.loc[order, columns].to_numpy(np.float64) for e in group]
-              for loss, (_, group) in loaded.items()}
+    y, scores, units = paired_inputs({loss: group for loss, (_, group) in loaded.items()})
     n_seeds = {loss: len(s) for loss, s in scores.items()}
     if len(set(n_seeds.values())) > 1:
         raise InputError(f"the losses hold different numbers of seeds: {n_seeds}")

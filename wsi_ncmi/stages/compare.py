@@ -159,6 +159,22 @@ def run_row(name: str, group: dict, head: str, y: np.ndarray, scores: list[np.nd
                           for k, v in means[m].items()} for m in SCALARS}}
 
 
+def paired_inputs(groups: dict[str, list[EvaluatedRun]]
+                  ) -> tuple[np.ndarray, dict[str, list[np.ndarray]], Units]:
+    """The inputs of a seed-paired bootstrap over evaluations already checked comparable
+    (:func:`check_comparable`): true class indices y (N,) in the first evaluation's slide
+    order, each group's per-seed scores (N×C float64, rows in that order), and the resampling
+    units (patients)."""
+    first = next(iter(groups.values()))[0]
+    classes = first.metrics["classes"]
+    order = first.rows.index
+    y = first.rows["true_label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    columns = [f"score_{c}" for c in classes]
+    scores = {name: [e.rows.loc[order, columns].to_numpy(np.float64) for e in group]
+              for name, group in groups.items()}
+    return y, scores, resampling_units(list(order), first.rows["patient_id"].tolist())
+
+
 def compare_runs(run_dirs: Sequence[Path], out_dir: Path, split: str = "test",
                  head: str = "linear_probe", n_boot: int = 1000, seed: int = 0) -> Comparison:
     """Compare ≥ 2 evaluated runs (or multi-seed folders) on ``split`` with ``head``; write
@@ -169,17 +185,9 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path, split: str = "test",
     if len(run_dirs) < 2:
         raise InputError("compare needs at least two runs")
     names, groups, seeds = load_groups(run_dirs, split, head)
-    evaluated = [e for g in groups for e in g.values()]
-    check_comparable(evaluated)
-    first = evaluated[0]
-    classes = first.metrics["classes"]
-    order = first.rows.index
-    index = {c: i for i, c in enumerate(classes)}
-    y = first.rows["true_label"].map(index).to_numpy(dtype=np.int64)
-    columns = [f"score_{c}" for c in classes]
-    scores = {n: [e.rows.loc[order, columns].to_numpy(np.float64) for e in g.values()]
-              for n, g in zip(names, groups, strict=True)}
-    units = resampling_units(list(order), first.rows["patient_id"].tolist())
+    check_comparable([e for g in groups for e in g.values()])
+    y, scores, units = paired_inputs({n: list(g.values())
+                                      for n, g in zip(names, groups, strict=True)})
     rows = [run_row(n, g, head, y, scores[n], units, n_boot, seed)
             for n, g in zip(names, groups, strict=True)]
     pairs = [{"a": a, "b": b,
@@ -187,7 +195,7 @@ def compare_runs(run_dirs: Sequence[Path], out_dir: Path, split: str = "test",
              for a, b in combinations(names, 2)]
     bootstrap = {"n_boot": n_boot, "seed": seed, "unit": units.kind, "n_units": units.n_units,
                  "seeds": seeds}
-    text = render_compare_report(rows, pairs, split, head, len(order), bootstrap)
+    text = render_compare_report(rows, pairs, split, head, len(y), bootstrap)
     paths = write_comparison(Path(out_dir), rows, pairs, text, seeds)
     folders = ([Path(d) for d in run_dirs] if seeds is None else
                [seed_dir(d, s) for d in run_dirs for s in seeds])
