@@ -1,13 +1,14 @@
 """The claim target (``snakemake … claim``) on the project's own generated cohorts, small.
 
-Two cohorts from the slide generator stand in for the real ones: ``camelyon_like`` (4 classes
-by metastasis size, 5 centres with their own µm/px, formats, pyramids and stains) and
-``bracs_like`` (3 classes by lesion pattern, one scanner). Each is written, then the workflow
-runs its target ``claim`` with the local profile: tile and extract every slide (one job each,
-``resnet50_trunc`` under a seeded random initialisation: no pretrained weights can be
+Three cohorts from the slide generator stand in for the real ones: ``camelyon_like`` (4 classes
+by metastasis size, 5 centres with their own µm/px, formats, pyramids and stains),
+``bracs_like`` (3 classes by lesion pattern, one scanner) and ``bracs7_like`` (BRACS's 7
+subtypes: the group's lesion pattern, and its size within a group). Each is written, then the
+workflow runs its target ``claim`` with the local profile: tile and extract every slide (one
+job each, ``resnet50_trunc`` under a seeded random initialisation: no pretrained weights can be
 downloaded here), tune every loss with the same budget, train each loss's best config with
-every seed, evaluate, and write the claim table. The table, the wall time and the machine go
-to ``benchmarks/results/claims/<cohort>.md``.
+every seed, evaluate, and write the claim table. The table, the wall time and the machine go to
+``benchmarks/results/claims/<cohort>.md``.
 
 Deliberately small, so that it runs on a 2-core machine: ``--slides`` slides of one patient
 each, about 1 mm wide (lesions and CAMELYON's size thresholds scaled down to fit), a
@@ -16,7 +17,7 @@ tune's validation split used as it is even when it has fewer than 10 patients pe
 (``min_val_patients`` lowered in a space file that includes ``configs/tune_<loss>.yaml``).
 The real claims use the cohort configs under ``configs/`` and the default ``tune`` settings.
 
-    python benchmarks/bench_claims.py --cohorts camelyon_like,bracs_like --trials 4
+    python benchmarks/bench_claims.py --cohorts camelyon_like,bracs_like,bracs7_like --trials 4
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ from common import machine  # noqa: E402
 from wsi_ncmi.formats.config import deep_merge, load_yaml  # noqa: E402
 from wsi_ncmi.model.encoders import save_seeded_checkpoint  # noqa: E402
 from wsi_ncmi.slides.cohort import write_cohort  # noqa: E402
-from wsi_ncmi.slides.cohort_presets import bracs_like, camelyon_like  # noqa: E402
+from wsi_ncmi.slides.cohort_presets import bracs7_like, bracs_like, camelyon_like  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-TASKS = {"camelyon_like": "camelyon17_4class.yaml", "bracs_like": "bracs_3class.yaml"}
+TASKS = {"camelyon_like": "camelyon17_4class.yaml", "bracs_like": "bracs_3class.yaml",
+         "bracs7_like": "bracs_7class.yaml"}
 TUNE_SETTINGS = {"startup_trials": 2, "prune_after_trials": 2}
 
 
@@ -50,8 +52,11 @@ def make_spec(name: str, slides: int):
     if name == "camelyon_like":  # lesion thresholds scaled by 0.1: macro 240–360 µm
         spec = camelyon_like(patients=slides, slides_per_patient=1, size_scale=0.1,
                              width_mm=(0.9, 1.2), dicom=False, bad_files=())
-    else:
+    elif name == "bracs_like":
         spec = bracs_like(patients=slides, lesion_um=(150.0, 300.0), width_mm=(0.8, 1.2))
+    else:  # lesion sizes scaled to the slides: small 100–170 µm, large 250–360 µm
+        spec = bracs7_like(patients=slides, small_um=(100.0, 170.0), large_um=(250.0, 360.0),
+                           width_mm=(0.9, 1.2))
     return replace(spec, split_shares=shares)
 
 
@@ -122,7 +127,7 @@ def run_claim(name: str, args: argparse.Namespace, losses: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cohorts", default="camelyon_like,bracs_like")
+    parser.add_argument("--cohorts", default="camelyon_like,bracs_like,bracs7_like")
     parser.add_argument("--slides", type=int, default=56, help="slides (= patients) per cohort")
     parser.add_argument("--min-val-patients", type=int, default=2,
                         help="tune on the validation split when each class has this many")

@@ -20,7 +20,13 @@ import pytest
 from wsi_ncmi.formats.manifests import check_manifest
 from wsi_ncmi.slides.access import metadata_mpp
 from wsi_ncmi.slides.cohort import TRUTH_COLUMNS, Cohort, plan_cohort, write_cohort
-from wsi_ncmi.slides.cohort_presets import bracs_like, camelyon_classes, camelyon_like, demo
+from wsi_ncmi.slides.cohort_presets import (
+    bracs7_like,
+    bracs_like,
+    camelyon_classes,
+    camelyon_like,
+    demo,
+)
 from wsi_ncmi.slides.synthetic_tissue import Stain, make_layout, render_tile
 
 HAS_DICOM = importlib.util.find_spec("wsidicomizer") is not None
@@ -218,6 +224,15 @@ def test_plans_are_deterministic_and_presets_hold_what_they_say():
                                                          ("MT", "dense")}
     assert {p.format for p in bracs} == {"svs"}
     assert all(250 <= p.lesion_um <= 700 for p in bracs)
+    bracs7 = plan_cohort(bracs7_like(patients=70), 0)
+    assert {(p.label, p.lesion_kind) for p in bracs7} == {
+        ("N", None), ("PB", "glands"), ("UDH", "glands"), ("FEA", "crowded"),
+        ("ADH", "crowded"), ("DCIS", "dense"), ("IC", "dense")}
+    sizes = {label: [p.lesion_um for p in bracs7 if p.label == label]
+             for label in ("PB", "UDH", "FEA", "ADH", "DCIS", "IC")}
+    for small, large in (("PB", "UDH"), ("FEA", "ADH"), ("DCIS", "IC")):
+        assert max(sizes[small]) <= 250 and min(sizes[large]) >= 400
+    assert len(bracs7) == 70 and {p.split for p in bracs7} == {"train", "val", "test"}
 
 
 def test_lesion_kinds_look_different():

@@ -1,5 +1,6 @@
 """Cohort presets: CAMELYON-17-like (4 classes by lesion size, 5 centres), BRACS-like
-(3 classes by lesion pattern, one scanner) and the demo's small 3-centre cohort.
+(3 classes by lesion pattern, or 7 subtypes by pattern and size; one scanner) and the
+demo's small 3-centre cohort.
 
 Each preset is a function returning a :class:`~wsi_ncmi.slides.cohort.CohortSpec`; its
 arguments scale it (patients, sizes) for tests, the demo and benchmarks.
@@ -71,6 +72,14 @@ def camelyon_like(patients: int = 20, slides_per_patient: int = 2, size_scale: f
                       bad_files=bad_files, holdout=holdout)
 
 
+BRACS_SCANNER = Centre("bracs", 0.252, ("svs",), ((1, 4, 16), (1, 4, 16, 32)), (240, 256),
+                       (70, 90), Stain(1.05, 0.95))
+#: BRACS's 7 subtypes in their 3 groups (benign, atypical, malignant) and the lesion pattern
+#: each group carries in the generator (N: no lesion)
+BRACS_SUBTYPES = (("N", None), ("PB", "glands"), ("UDH", "glands"), ("FEA", "crowded"),
+                  ("ADH", "crowded"), ("DCIS", "dense"), ("IC", "dense"))
+
+
 def bracs_like(patients: int = 30, slides_per_patient: int = 1,
                lesion_um: tuple[float, float] = (250.0, 700.0),
                width_mm: tuple[float, float] = (1.0, 4.0),
@@ -83,11 +92,35 @@ def bracs_like(patients: int = 30, slides_per_patient: int = 1,
     classes = (LesionClass("BT", "glands", any_size, lesion_um),
                LesionClass("AT", "crowded", any_size, lesion_um),
                LesionClass("MT", "dense", any_size, lesion_um))
-    scanner = Centre("bracs", 0.252, ("svs",), ((1, 4, 16), (1, 4, 16, 32)), (240, 256),
-                     (70, 90), Stain(1.05, 0.95))
-    return CohortSpec("bracs_like", classes, (scanner,), patients, slides_per_patient,
+    return CohortSpec("bracs_like", classes, (BRACS_SCANNER,), patients, slides_per_patient,
                       width_mm=width_mm, fragments=(1, 6), tissue_scale=(0.6, 1.4),
                       bad_files=bad_files)
+
+
+def bracs7_like(patients: int = 70, slides_per_patient: int = 1,
+                small_um: tuple[float, float] = (150.0, 250.0),
+                large_um: tuple[float, float] = (400.0, 700.0),
+                width_mm: tuple[float, float] = (1.0, 4.0),
+                bad_files: tuple[str, ...] = ()) -> CohortSpec:
+    """BRACS-like with the 7 subtypes of :data:`BRACS_SUBTYPES`, one Aperio scanner as
+    :func:`bracs_like`. N has no lesion; the two subtypes of a group share its lesion pattern
+    (benign ``glands``, atypical ``crowded``, malignant ``dense``) and differ by lesion size:
+    the first has a lesion in ``small_um``, the second in ``large_um`` (µm, largest
+    diameter; the class ranges split at the gap between them). Like BRACS's fine task, a
+    pattern names the group and the subtype takes a second, finer look: a stand-in for the
+    task's difficulty, not for its histology."""
+    cut = (small_um[1] + large_um[0]) / 2
+    classes = []
+    for i, (label, kind) in enumerate(BRACS_SUBTYPES):
+        if kind is None:
+            classes.append(LesionClass(label, None))
+        elif i % 2:  # PB, FEA, DCIS: the group's small-lesion subtype
+            classes.append(LesionClass(label, kind, (0.0, cut), small_um))
+        else:
+            classes.append(LesionClass(label, kind, (cut, math.inf), large_um))
+    return CohortSpec("bracs7_like", tuple(classes), (BRACS_SCANNER,), patients,
+                      slides_per_patient, width_mm=width_mm, fragments=(1, 6),
+                      tissue_scale=(0.6, 1.4), bad_files=bad_files)
 
 
 def demo(patients: int = 20, width_mm: tuple[float, float] = (1.0, 1.5),
