@@ -80,6 +80,9 @@ CANDIDATES: dict[str, dict] = {
         "temperature": 0.25, "centroid_lr": 0.1, "centroid_momentum": 0.5}}}),
     # cand_reg with the colder T only (the old q-step): separates T from the q-step
     "cand_reg_t25": deep_merge(_REG, {"loss": {"ncmi": {"temperature": 0.25}}}),
+    # the defaults (= cand_reg_t25) with centroids initialised from the data (part 6's lead)
+    "cand_t25_data": deep_merge(_REG, {"loss": {"ncmi": {"temperature": 0.25,
+                                                         "centroid_init": "data"}}}),
 }
 #: the head each loss validates with during training (and tune selects on)
 OWN_HEAD = {"ncmi": "centroid", "supcon": "centroid"}
