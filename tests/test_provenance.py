@@ -20,7 +20,7 @@ from wsi_ncmi.checksums import fingerprint_file
 from wsi_ncmi.errors import InputError
 from wsi_ncmi.slides.synthetic import write_synthetic_slide
 from wsi_ncmi.stages.provenance import write_record
-from wsi_ncmi.stages.verify import verify_record
+from wsi_ncmi.stages.verify import SlideRoots, verify_record
 
 
 def _random_file(path: Path, size: int, seed: int) -> Path:
@@ -221,6 +221,28 @@ def test_verify_finds_slides_under_several_roots(tmp_path):
     assert "2 file(s) checked, ok" in both.output
     write_synthetic_slide(roots[1] / "s1.tif", 512, 384, seed=5, downsamples=(1, 4))
     assert len(verify_record(record, roots).problems) == 1
+
+
+def test_slide_roots_are_walked_once_for_many_records(tmp_path, monkeypatch):
+    """verify over a workspace checks one record per stage and shard: a slide archive given
+    as --slide-root is walked once, not once per record."""
+    root = tmp_path / "archive"
+    (root / "a").mkdir(parents=True)
+    write_synthetic_slide(root / "a" / "s0.tif", 512, 384, seed=0, downsamples=(1, 4))
+    records = []
+    for k in range(3):
+        out = tmp_path / f"out{k}"
+        out.mkdir()
+        records.append(write_record(out, command="tile", config={}, inputs=[], outputs=[],
+                                    slides=[("s0", root / "a" / "s0.tif")]))
+    walks = []
+    rglob = Path.rglob
+    monkeypatch.setattr(Path, "rglob", lambda self, pattern: walks.append(self) or
+                        rglob(self, pattern))
+    roots = SlideRoots([root])
+    results = [verify_record(r, roots) for r in records]
+    assert [(len(v.problems), len(v.unchecked)) for v in results] == [(0, 0)] * 3
+    assert walks == [root]
 
 
 def test_a_slide_root_that_is_not_a_folder_is_refused_for_any_record(run, tmp_path):

@@ -24,11 +24,12 @@ def verify(
 ) -> None:
     """Re-fingerprint every file of the records; exit 1 if any drifted or is missing."""
     from ..errors import InputError
-    from ..stages.verify import find_records, verify_record
+    from ..stages.verify import SlideRoots, find_records, verify_record
 
     setup_logging(verbose)
     try:
-        results = [verify_record(path, slide_root or ()) for path in find_records(target)]
+        roots = SlideRoots(slide_root or ())
+        results = [verify_record(path, roots) for path in find_records(target)]
     except InputError as exc:
         fail(exc)
     problems = 0

@@ -60,10 +60,43 @@ def find_records(path: Path) -> list[Path]:
     return found
 
 
-def verify_record(record_path: Path, slide_roots: Sequence[Path] = ()) -> Verification:
+class SlideRoots:
+    """The folders slides are looked for in, by file name. Each folder is checked at once
+    (:class:`InputError` when it is not one) and walked at most once, on the first look-up,
+    however many records are verified against it."""
+
+    def __init__(self, roots: Sequence[Path] = ()) -> None:
+        self.roots = [Path(r) for r in roots]
+        for root in self.roots:
+            if not root.is_dir():
+                raise InputError(f"--slide-root {root}: not a folder")
+        self._index: dict[str, list[Path]] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.roots)
+
+    def __str__(self) -> str:
+        return " or ".join(map(str, self.roots))
+
+    def find(self, name: str) -> list[Path]:
+        """Every file called ``name`` under the roots."""
+        if self._index is None:
+            self._index = {}
+            for root in self.roots:
+                for path in root.rglob("*"):
+                    if path.is_file():
+                        self._index.setdefault(path.name, []).append(path)
+        return self._index.get(name, [])
+
+
+def verify_record(record_path: Path,
+                  slide_roots: SlideRoots | Sequence[Path] = ()) -> Verification:
     """Re-fingerprint every file of a record (see the module docstring); its slides are
-    looked for by file name under each folder of ``slide_roots``."""
+    looked for by file name under each folder of ``slide_roots`` (pass one
+    :class:`SlideRoots` when verifying many records: the folders are walked once)."""
     record_path = Path(record_path)
+    if not isinstance(slide_roots, SlideRoots):
+        slide_roots = SlideRoots(slide_roots)
     record = read_record(record_path)
     record_dir = record_path.resolve().parent
     result = Verification(record_path, sum(len(record.get(k, []))
@@ -73,16 +106,13 @@ def verify_record(record_path: Path, slide_roots: Sequence[Path] = ()) -> Verifi
             problem = _entry_problem(entry, role[:-1], _where(entry, record_dir))
             if problem:
                 result.problems.append(problem)
-    slides = record.get("slides", [])
-    index = _index([Path(r) for r in slide_roots], {e["name"] for e in slides})
-    roots = " or ".join(map(str, slide_roots))
-    for entry in slides:
+    for entry in record.get("slides", []):
         shown = f"slide {entry['slide_id']} ({entry['name']})"
-        found = index.get(entry["name"], [])
+        found = slide_roots.find(entry["name"])
         if len(found) != 1:
             why = ("no --slide-root given" if not slide_roots else
-                   f"not under {roots}" if not found else
-                   f"{len(found)} files of that name under {roots}")
+                   f"not under {slide_roots}" if not found else
+                   f"{len(found)} files of that name under {slide_roots}")
             result.unchecked.append(f"{shown}: not checked ({why})")
             continue
         problem = _entry_problem({**entry, "path": entry["name"]}, "slide", found[0])
@@ -98,19 +128,6 @@ def _where(entry: dict, record_dir: Path) -> Path:
     if entry.get("relative") is not None:
         return record_dir / entry["relative"]
     return Path(entry.get("path", "?")).expanduser()
-
-
-def _index(roots: list[Path], names: set[str]) -> dict[str, list[Path]]:
-    index: dict[str, list[Path]] = {}
-    for root in roots:
-        if not root.is_dir():
-            raise InputError(f"--slide-root {root}: not a folder")
-        if not names:  # a record without slides: nothing to look for under the root
-            continue
-        for path in root.rglob("*"):
-            if path.name in names and path.is_file():
-                index.setdefault(path.name, []).append(path)
-    return index
 
 
 def _entry_problem(entry: dict, role: str, where: Path) -> str | None:
