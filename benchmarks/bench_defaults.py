@@ -268,20 +268,21 @@ def summary(tables: list[pd.DataFrame]) -> str:
     head = ["cohort", "loss (head)", *(f"{r}" for r in recipes)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (cohort, loss), group in rows.groupby(["cohort", "loss"], sort=False):
-        by = group.set_index("recipe")
-        cells = []
-        for r in recipes:
-            if r not in by.index:
-                cells.append("–")
-                continue
-            x = by.loc[r]
-            cell = f"{x.macro_f1:.3f}"
-            if r != "tuned":
-                cell += f" (Δ {x.diff_vs_tuned:+.3f} [{x.diff_ci_low:+.3f}, {x.diff_ci_high:+.3f}])"
-            cells.append(cell)
+        cells = _cells(group, "recipe", recipes, lambda x: f"{x.macro_f1:.3f}" + (
+            "" if x.recipe == "tuned" else f" (Δ {_delta(x)})"))
         lines.append(f"| {cohort} | {loss} ({group['head'].iloc[0]}) | " + " | ".join(cells)
                      + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cells(group: pd.DataFrame, column: str, keys: list[str], cell) -> list[str]:
+    """``cell(row)`` for the row of ``group`` whose ``column`` is each of ``keys``; – if none."""
+    by = dict(zip(group[column], group.itertuples(), strict=True))
+    return [cell(by[k]) if k in by else "–" for k in keys]
+
+
+def _delta(x) -> str:
+    return f"{x.diff_vs_tuned:+.3f} [{x.diff_ci_low:+.3f}, {x.diff_ci_high:+.3f}]"
 
 
 GOAL = -0.03  # issue #17: the defaults within 0.03 macro-F1 of the tuned optimum
@@ -295,17 +296,9 @@ def goal_table(tables: list[pd.DataFrame]) -> str:
     cohorts = list(dict.fromkeys(rows["cohort"]))
     lines = ["| loss (head) | " + " | ".join(cohorts) + " |", "|" + "---|" * (1 + len(cohorts))]
     for (loss, head), group in rows.groupby(["loss", "head"], sort=False):
-        by = group.set_index("cohort")
-        cells = []
-        for cohort in cohorts:
-            if cohort not in by.index:
-                cells.append("–")
-                continue
-            x = by.loc[cohort]
-            mark = ("✓" if x.diff_ci_low >= GOAL else "~" if x.diff_vs_tuned >= GOAL
-                    else "✗")
-            cells.append(f"{mark} {x.diff_vs_tuned:+.3f} [{x.diff_ci_low:+.3f}, "
-                         f"{x.diff_ci_high:+.3f}]")
+        cells = _cells(group, "cohort", cohorts, lambda x: (
+            "✓" if x.diff_ci_low >= GOAL else "~" if x.diff_vs_tuned >= GOAL else "✗")
+            + f" {_delta(x)}")
         lines.append(f"| {loss} ({head}) | " + " | ".join(cells) + " |")
     return ("Test macro-F1, defaults − tuned (seed-paired, 95 % interval over test patients). "
             f"✓: the interval excludes a loss of more than {-GOAL:.2f}; ~: the mean is within "
