@@ -85,6 +85,12 @@ CANDIDATES: dict[str, dict] = {
     # the defaults (= cand_reg_t25) with centroids initialised from the data (part 6's lead)
     "cand_t25_data": deep_merge(_REG, {"loss": {"ncmi": {"temperature": 0.25,
                                                          "centroid_init": "data"}}}),
+    # the defaults with more or larger steps: the slide-derived cohort's tunes (42 training
+    # slides, 6 steps per epoch at batch 8) chose lr 2–4e-3 or batch 4 for CE and SupCon
+    "cand_t25_lr2e3": deep_merge(_REG, {"optim": {"lr": 2e-3},
+                                        "loss": {"ncmi": {"temperature": 0.25}}}),
+    "cand_t25_b4": deep_merge(_REG, {"optim": {"batch_size": 4},
+                                     "loss": {"ncmi": {"temperature": 0.25}}}),
 }
 #: the head each loss validates with during training (and tune selects on)
 OWN_HEAD = {"ncmi": "centroid", "supcon": "centroid"}
