@@ -1,0 +1,50 @@
+"""The recipes of the defaults study (``bench_defaults.py``) besides the code's defaults and
+the tuned ones: the old defaults, and the candidate recipes screened or run against them."""
+
+from __future__ import annotations
+
+from wsi_ncmi.formats.config import deep_merge
+
+#: the training defaults of wsi-ncmi ≤ 0.1 (formats/config.py and the loss constructors then)
+OLD_DEFAULTS = {
+    "model": {"embed_dim": 128, "attn_dim": 128, "dropout": 0.0},
+    "optim": {"name": "adamw", "lr": 2e-4, "weight_decay": 1e-4, "epochs": 50,
+              "batch_size": 8, "max_tiles": 4096, "balanced_sampling": False,
+              "schedule": "cosine", "min_lr_ratio": 0.0, "patience": 10, "grad_clip": None},
+    "loss": {"ncmi": {"temperature": 0.5, "ema_decay": 0.99, "centroid_map": "nsf",
+                      "centroid_init": "onehot", "centroid_mode": "learned",
+                      "ratio": "sample", "centroid_lr": 0.5, "centroid_momentum": 0.9,
+                      "centroid_warmup": 0.1}},
+}
+#: what a candidate keeps of the old defaults unless it changes it (spelled out, so that a
+#: screen means the same after the code's defaults change)
+_OLD_KEPT = {"model": {"dropout": 0.0}, "optim": {"weight_decay": 1e-4},
+             "loss": {"ncmi": {"temperature": 0.5, "centroid_lr": 0.5, "centroid_momentum": 0.9}}}
+_REG = deep_merge(_OLD_KEPT, {"model": {"dropout": 0.1}, "optim": {
+    "lr": 1e-3, "weight_decay": 1e-3, "epochs": 100, "max_tiles": 512}})
+#: candidate default recipes, screened on validation (``screen``); chosen from the tunes
+CANDIDATES: dict[str, dict] = {
+    "cand_lr5e4": deep_merge(_OLD_KEPT, {"optim": {"lr": 5e-4, "epochs": 100, "max_tiles": 512}}),
+    "cand_lr1e3": deep_merge(_OLD_KEPT, {"optim": {"lr": 1e-3, "epochs": 100, "max_tiles": 512}}),
+    "cand_lr2e3": deep_merge(_OLD_KEPT, {"optim": {"lr": 2e-3, "epochs": 100, "max_tiles": 512}}),
+    # the recipe most tunes picked (lr ~7e-4, 512 tiles, some dropout and weight decay)
+    "cand_reg": _REG,
+    # cand_reg with NCMI's tuned range: colder T, slower q-steps (ce: the same as cand_reg)
+    "cand_reg_ncmi": deep_merge(_REG, {"loss": {"ncmi": {
+        "temperature": 0.25, "centroid_lr": 0.1, "centroid_momentum": 0.5}}}),
+    # cand_reg with the colder T only (the old q-step): separates T from the q-step
+    "cand_reg_t25": deep_merge(_REG, {"loss": {"ncmi": {"temperature": 0.25}}}),
+    # the defaults (= cand_reg_t25) with centroids initialised from the data (part 6's lead)
+    "cand_t25_data": deep_merge(_REG, {"loss": {"ncmi": {"temperature": 0.25,
+                                                         "centroid_init": "data"}}}),
+    # the defaults with more or larger steps: the slide-derived cohort's tunes (42 training
+    # slides, 6 steps per epoch at batch 8) chose lr 2–4e-3 or batch 4 for CE and SupCon
+    "cand_t25_lr2e3": deep_merge(_REG, {"optim": {"lr": 2e-3},
+                                        "loss": {"ncmi": {"temperature": 0.25}}}),
+    "cand_t25_b4": deep_merge(_REG, {"optim": {"batch_size": 4},
+                                     "loss": {"ncmi": {"temperature": 0.25}}}),
+    # the defaults with lr 1e-2: squentropy's and focal's tunes on the 7-class cohort chose
+    # lr 0.025–0.028 and beat their defaults there by 0.12–0.22
+    "cand_t25_lr1e2": deep_merge(_REG, {"optim": {"lr": 1e-2},
+                                        "loss": {"ncmi": {"temperature": 0.25}}}),
+}
