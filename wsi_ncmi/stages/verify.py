@@ -84,9 +84,9 @@ class SlideRoots:
             self._index = {}
             for root in self.roots:
                 for path in root.rglob("*"):
-                    if path.is_file():
-                        self._index.setdefault(path.name, []).append(path)
-        return self._index.get(name, [])
+                    self._index.setdefault(path.name, []).append(path)
+        # only the entries looked up are stat'ed, not every file of a slide archive
+        return [p for p in self._index.get(name, []) if p.is_file()]
 
 
 def verify_record(record_path: Path,
