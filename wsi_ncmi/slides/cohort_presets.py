@@ -74,10 +74,12 @@ def camelyon_like(patients: int = 20, slides_per_patient: int = 2, size_scale: f
 
 BRACS_SCANNER = Centre("bracs", 0.252, ("svs",), ((1, 4, 16), (1, 4, 16, 32)), (240, 256),
                        (70, 90), Stain(1.05, 0.95))
-#: BRACS's 7 subtypes in their 3 groups (benign, atypical, malignant) and the lesion pattern
-#: each group carries in the generator (N: no lesion)
-BRACS_SUBTYPES = (("N", None), ("PB", "glands"), ("UDH", "glands"), ("FEA", "crowded"),
-                  ("ADH", "crowded"), ("DCIS", "dense"), ("IC", "dense"))
+#: BRACS's 7 subtypes in their 3 groups (benign, atypical, malignant): the lesion pattern
+#: each group carries in the generator and the lesion size that separates a group's two
+#: subtypes (N: no lesion)
+BRACS_SUBTYPES = (("N", None, None), ("PB", "glands", "small"), ("UDH", "glands", "large"),
+                  ("FEA", "crowded", "small"), ("ADH", "crowded", "large"),
+                  ("DCIS", "dense", "small"), ("IC", "dense", "large"))
 
 
 def bracs_like(patients: int = 30, slides_per_patient: int = 1,
@@ -110,15 +112,11 @@ def bracs7_like(patients: int = 70, slides_per_patient: int = 1,
     pattern names the group and the subtype takes a second, finer look: a stand-in for the
     task's difficulty, not for its histology."""
     cut = (small_um[1] + large_um[0]) / 2
-    classes = []
-    for i, (label, kind) in enumerate(BRACS_SUBTYPES):
-        if kind is None:
-            classes.append(LesionClass(label, None))
-        elif i % 2:  # PB, FEA, DCIS: the group's small-lesion subtype
-            classes.append(LesionClass(label, kind, (0.0, cut), small_um))
-        else:
-            classes.append(LesionClass(label, kind, (cut, math.inf), large_um))
-    return CohortSpec("bracs7_like", tuple(classes), (BRACS_SCANNER,), patients,
+    sizes = {"small": ((0.0, cut), small_um), "large": ((cut, math.inf), large_um)}
+    classes = tuple(LesionClass(label, None) if kind is None else
+                    LesionClass(label, kind, *sizes[size])
+                    for label, kind, size in BRACS_SUBTYPES)
+    return CohortSpec("bracs7_like", classes, (BRACS_SCANNER,), patients,
                       slides_per_patient, width_mm=width_mm, fragments=(1, 6),
                       tissue_scale=(0.6, 1.4), bad_files=bad_files)
 
