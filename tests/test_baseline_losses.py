@@ -17,12 +17,13 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
 from wsi_ncmi.errors import InputError
-from wsi_ncmi.formats.config import load_config, resolve_config
+from wsi_ncmi.formats.config import LOSS_LR, load_config, resolve_config
 from wsi_ncmi.model.losses import get_loss
 from wsi_ncmi.model.losses.opl import orthogonal_projection
 from wsi_ncmi.model.losses.square import rescaled_square
 from wsi_ncmi.model.losses.squentropy import incorrect_class_square
 from wsi_ncmi.model.losses.supcon import supervised_contrastive
+from wsi_ncmi.model.lossnames import LOSS_NAMES
 from wsi_ncmi.stages.evaluate import evaluate_run
 from wsi_ncmi.stages.train import resolved_loss_section, train_run
 from wsi_ncmi.stats.simplex import centroid_scores as centroid_head_scores
@@ -320,6 +321,25 @@ def test_training_config_resolves(name):
     cfg = resolve_config(load_config([REPO / "configs" / f"train_{name}.yaml"]))
     section = resolved_loss_section(cfg, 3)
     assert section == {"name": name, name: get_loss(name, 3, 128).settings()}
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_training_config_spells_out_the_code_defaults(name):
+    spelled = resolve_config(load_config([REPO / "configs" / f"train_{name}.yaml"]))
+    default = resolve_config({"loss": {"name": name}})
+    assert spelled["optim"] == default["optim"]
+    assert spelled["model"] == default["model"]
+
+
+def test_default_lr_is_the_losses_unless_the_config_sets_one():
+    assert set(LOSS_LR) == set(LOSS_NAMES)
+    assert resolve_config({"loss": {"name": "ce"}})["optim"]["lr"] == 1e-2
+    assert resolve_config({"loss": {"name": "ncmi"}})["optim"]["lr"] == 1e-3
+    unset = {"loss": {"name": "supcon"}, "optim": {"lr": None}}
+    assert resolve_config(unset)["optim"]["lr"] == 1e-3
+    assert resolve_config({"loss": {"name": "ce"}, "optim": {"lr": 3e-4}})["optim"]["lr"] == 3e-4
+    with pytest.raises(InputError, match="optim.lr must be > 0"):
+        resolve_config({"loss": {"name": "ce"}, "optim": {"lr": 0}})
 
 
 def test_supcon_refuses_one_bag_per_step():

@@ -13,7 +13,8 @@ Sections (a cohort config holds ``task`` + ``split``; a training config the rest
 - ``loss``: ``name`` plus one optional sub-section per loss holding its settings, e.g.
   ``loss: {name: ncmi, ncmi: {temperature: 0.1}, cmi_ce: {cmi_weight: 0.5}}``; only the chosen
   loss's settings are used, and the resolved config keeps only those, with every default.
-- ``optim``: ``name`` (adamw | sgd), ``lr``, ``weight_decay``, ``momentum`` (sgd), ``epochs``,
+- ``optim``: ``name`` (adamw | sgd), ``lr`` (null = the loss's default, :data:`LOSS_LR`),
+  ``weight_decay``, ``momentum`` (sgd), ``epochs``,
   ``batch_size`` (bags per step), ``max_tiles`` (tiles per bag in training; null = all),
   ``balanced_sampling``, ``schedule`` (cosine | constant), ``min_lr_ratio``, ``patience``
   (epochs without a better validation macro-F1 before stopping), ``grad_clip`` (max gradient
@@ -24,11 +25,12 @@ Sections (a cohort config holds ``task`` + ``split``; a training config the rest
 - ``device``: ``auto`` (CUDA when available) | ``cpu`` | ``cuda`` | ``cuda:N``.
 - ``seed``: integer.
 
-The training defaults (dropout 0.1, AdamW lr 1e-3 and weight decay 1e-3, 100 epochs of a
-cosine schedule with early stopping after 30 epochs without a better validation macro-F1,
-8 bags per step, 512 tiles per bag in training) were chosen on validation splits against
-per-cohort tuned recipes (``benchmarks/bench_defaults.py``, docs/training.md); those of
-wsi-ncmi ≤ 0.1 (lr 2e-4, 50 epochs, 4096 tiles, no dropout) underfit.
+The training defaults (dropout 0.1, AdamW with the loss's lr (:data:`LOSS_LR`) and weight
+decay 1e-3, 100 epochs of a cosine schedule with early stopping after 30 epochs without a
+better validation macro-F1, 8 bags per step, 512 tiles per bag in training) were chosen on
+validation splits against per-cohort tuned recipes (``benchmarks/bench_defaults.py``,
+docs/training.md); those of wsi-ncmi ≤ 0.1 (lr 2e-4, 50 epochs, 4096 tiles, no dropout)
+underfit.
 """
 
 from __future__ import annotations
@@ -42,13 +44,23 @@ import yaml
 
 from ..errors import InputError
 
+#: default ``optim.lr`` per loss. The losses on logits learn too slowly at 1e-3 (on 7 classes
+#: squentropy's validation macro-F1 0.572 at 1e-3, 0.893 at 1e-2); SupCon and CMI-CE lose at
+#: 1e-2 (SupCon on 7 classes 0.691 → 0.356) and NCMI's embeddings are no better there
+#: (docs/training.md, "The learning rate, per loss").
+LOSS_LR: dict[str, float] = {"ce": 1e-2, "focal": 1e-2, "label_smoothing": 1e-2, "opl": 1e-2,
+                             "square": 1e-2, "squentropy": 1e-2,
+                             "cmi_ce": 1e-3, "ncmi": 1e-3, "supcon": 1e-3}
+#: ``optim.lr`` of a loss missing from :data:`LOSS_LR`
+FALLBACK_LR = 1e-3
+
 DEFAULTS: dict[str, Any] = {
     "task": {"name": None, "label_column": "label", "classes": None, "label_map": {}},
     "split": {"method": "column", "column": "split", "k": 5, "group_column": "group",
               "val_fraction": 0.2, "seed": None},
     "model": {"embed_dim": 128, "attn_dim": 128, "dropout": 0.1},
     "loss": {"name": "ncmi"},
-    "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-3, "momentum": 0.9,
+    "optim": {"name": "adamw", "lr": None, "weight_decay": 1e-3, "momentum": 0.9,
               "epochs": 100, "batch_size": 8, "max_tiles": 512, "balanced_sampling": False,
               "schedule": "cosine", "min_lr_ratio": 0.0, "patience": 30, "grad_clip": None},
     "data": {"cache_max_gb": 8.0, "prefetch": 2, "eval_batch_size": 4, "features_dir": None,
@@ -101,10 +113,18 @@ def resolve_config(raw: dict, loss_names: Sequence[str] | None = None) -> dict:
     registry's), checked against ``loss.name`` and the ``loss.<name>`` sections; None skips
     that check. Loss settings are checked later, when the loss is built."""
     cfg = deep_merge(DEFAULTS, raw)
+    if isinstance(cfg["optim"], dict) and cfg["optim"].get("lr") is None:
+        loss = cfg["loss"].get("name") if isinstance(cfg["loss"], dict) else None
+        cfg["optim"]["lr"] = default_lr(loss)
     problems = _unknown_keys(cfg, loss_names) + _check_values(cfg)
     if problems:
         raise InputError(f"config: {'; '.join(problems)}")
     return cfg
+
+
+def default_lr(loss: Any) -> float:
+    """The default ``optim.lr`` of the loss named ``loss`` (:data:`LOSS_LR`)."""
+    return LOSS_LR.get(loss, FALLBACK_LR) if isinstance(loss, str) else FALLBACK_LR
 
 
 def loss_settings(cfg: dict) -> dict:
