@@ -47,6 +47,10 @@ CANDIDATES: dict[str, dict] = {
     # lr 0.025–0.028 and beat their defaults there by 0.12–0.22
     "cand_t25_lr1e2": deep_merge(_REG, {"optim": {"lr": 1e-2},
                                         "loss": {"ncmi": {"temperature": 0.25}}}),
+    # between: SupCon's and CMI-CE's tunes on the slide-derived cohort chose lr 1.9e-3–1.5e-2,
+    # and both lost at 1e-2 on 7 classes
+    "cand_t25_lr3e3": deep_merge(_REG, {"optim": {"lr": 3e-3},
+                                        "loss": {"ncmi": {"temperature": 0.25}}}),
     # the defaults before the per-loss lr (formats/config.LOSS_LR): lr 1e-3 for every loss
     "defaults_lr1e3": deep_merge(_REG, {"optim": {"lr": 1e-3},
                                         "loss": {"ncmi": {"temperature": 0.25}}}),
