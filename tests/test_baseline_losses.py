@@ -334,7 +334,7 @@ def test_training_config_spells_out_the_code_defaults(name):
 def test_default_lr_is_the_losses_unless_the_config_sets_one():
     assert set(LOSS_LR) == set(LOSS_NAMES)
     assert resolve_config({"loss": {"name": "ce"}})["optim"]["lr"] == 1e-2
-    assert resolve_config({"loss": {"name": "ncmi"}})["optim"]["lr"] == 1e-3
+    assert resolve_config({"loss": {"name": "ncmi"}})["optim"]["lr"] == 3e-3
     unset = {"loss": {"name": "supcon"}, "optim": {"lr": None}}
     assert resolve_config(unset)["optim"]["lr"] == 1e-3
     assert resolve_config({"loss": {"name": "ce"}, "optim": {"lr": 3e-4}})["optim"]["lr"] == 3e-4

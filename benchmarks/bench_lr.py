@@ -1,0 +1,100 @@
+"""The default learning rate per loss: the defaults study's runs at lr 1e-3, 3e-3 and 1e-2.
+
+Reads the multi-seed runs of ``bench_defaults.py`` (``--work``) whose recipe is the code's
+defaults at one of :data:`LRS` (``defaults``, ``defaults_lr1e3``, ``cand_t25_lr3e3``,
+``cand_t25_lr1e2``; each run's lr is read from its ``seed_0/config.yaml``), and per loss
+prints the validation macro-F1 (mean over 3 seeds of the kept checkpoint's) on each learnable
+cohort, its mean over them, and the lr the rule picks:
+
+    the lr with the highest mean validation macro-F1 over :data:`COHORTS`; an lr within
+    :data:`TIE` of that best counts as tied, and of tied ones the smallest wins.
+
+The test split is not read. The table goes to ``--results/lr.md``; a loss whose pick differs
+from ``formats/config.LOSS_LR`` is named at the end, so the code and the study cannot drift
+apart unnoticed.
+
+    python benchmarks/bench_lr.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_defaults import REPO, validation_f1  # noqa: E402
+
+from wsi_ncmi.formats.config import LOSS_LR, load_yaml  # noqa: E402
+from wsi_ncmi.formats.seedruns import is_multi_seed  # noqa: E402
+from wsi_ncmi.model.lossnames import LOSS_NAMES  # noqa: E402
+
+#: the learnable cohorts (the two others are at chance for every recipe)
+COHORTS = ("c2_d64_w5", "c7_d256_w5", "real_c3_d1024")
+LRS = (1e-3, 3e-3, 1e-2)
+#: runs of the defaults that differ only in lr
+RECIPES = ("defaults", "defaults_lr1e3", "cand_t25_lr3e3", "cand_t25_lr1e2")
+TIE = 0.01
+
+
+def run_lr(run: Path) -> float:
+    """The lr a multi-seed run trained with (its first seed's resolved config)."""
+    return float(load_yaml(run / "seed_0" / "config.yaml")["optim"]["lr"])
+
+
+def validation_by_lr(work: Path, cohort: str, loss: str) -> dict[float, float]:
+    """lr → mean validation macro-F1 over seeds, for the runs of :data:`RECIPES` found."""
+    out: dict[float, float] = {}
+    for recipe in RECIPES:
+        run = work / "runs" / cohort / loss / recipe
+        if is_multi_seed(run) and (lr := run_lr(run)) in LRS:
+            out[lr] = validation_f1(run)
+    return out
+
+
+def pick(means: dict[float, float]) -> float:
+    """The rule: the smallest lr within :data:`TIE` of the best mean."""
+    best = max(means.values())
+    return min(lr for lr, v in means.items() if v >= best - TIE)
+
+
+def lr_table(work: Path) -> tuple[str, list[str]]:
+    """The markdown table and the losses whose pick is not ``LOSS_LR``'s."""
+    lines = ["| loss | " + " | ".join(f"lr {lr:g}" for lr in LRS) + " | pick | code |",
+             "|---|" + "---|" * (len(LRS) + 2)]
+    drift = []
+    for loss in LOSS_NAMES:
+        per = {c: validation_by_lr(work, c, loss) for c in COHORTS}
+        complete = [lr for lr in LRS if all(lr in per[c] for c in COHORTS)]
+        means = {lr: sum(per[c][lr] for c in COHORTS) / len(COHORTS) for lr in complete}
+        cells = [", ".join(f"{per[c][lr]:.3f}" if lr in per[c] else "–" for c in COHORTS)
+                 + (f" (**{means[lr]:.3f}**)" if lr in means else "") for lr in LRS]
+        chosen = pick(means) if len(means) == len(LRS) else None
+        if chosen is not None and chosen != LOSS_LR[loss]:
+            drift.append(loss)
+        lines.append(f"| {loss} | " + " | ".join(cells) + " | "
+                     + (f"{chosen:g}" if chosen is not None else "incomplete")
+                     + f" | {LOSS_LR[loss]:g} |")
+    return "\n".join(lines) + "\n", drift
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path,
+                        default=Path.home() / ".cache" / "wsi-ncmi" / "bench" / "defaults")
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" /
+                        "defaults")
+    args = parser.parse_args()
+    table, drift = lr_table(args.work)
+    header = (f"Validation macro-F1 (mean over 3 seeds) of the defaults at each lr on "
+              f"{', '.join(COHORTS)} (their mean in bold); pick: the smallest lr within {TIE} "
+              "of the best mean; code: `formats/config.LOSS_LR`.\n\n")
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "lr.md").write_text(header + table)
+    print(header + table)
+    if drift:
+        print(f"pick differs from the code's LOSS_LR for: {', '.join(drift)}")
+
+
+if __name__ == "__main__":
+    main()
