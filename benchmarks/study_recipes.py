@@ -51,6 +51,11 @@ CANDIDATES: dict[str, dict] = {
     # and both lost at 1e-2 on 7 classes
     "cand_t25_lr3e3": deep_merge(_REG, {"optim": {"lr": 3e-3},
                                         "loss": {"ncmi": {"temperature": 0.25}}}),
+    # CMI-CE's tunes chose λ 0.01–0.09 on all five cohorts against the default 0.5
+    "cand_cmi01": deep_merge(_REG, {"optim": {"lr": 1e-3},
+                                    "loss": {"cmi_ce": {"cmi_weight": 0.1}}}),
+    "cand_cmi01_lr1e2": deep_merge(_REG, {"optim": {"lr": 1e-2},
+                                          "loss": {"cmi_ce": {"cmi_weight": 0.1}}}),
     # the defaults before the per-loss lr (formats/config.LOSS_LR): lr 1e-3 for every loss
     "defaults_lr1e3": deep_merge(_REG, {"optim": {"lr": 1e-3},
                                         "loss": {"ncmi": {"temperature": 0.25}}}),
