@@ -336,6 +336,14 @@ def write_tables(work: Path, results: Path, cohorts: list[str], losses: list[str
         (results / "goal.md").write_text(goal_table(tables))
 
 
+def add_study_paths(parser: argparse.ArgumentParser) -> None:
+    """``--work`` (the study's data and runs, not committed) and ``--results`` (its tables)."""
+    parser.add_argument("--work", type=Path,
+                        default=Path.home() / ".cache" / "wsi-ncmi" / "bench" / "defaults")
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" /
+                        "defaults")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("make", "tune", "runs", "screen", "table", "all"))
@@ -346,10 +354,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8, help="tune trials per loss")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds of `runs`")
     parser.add_argument("--n-boot", type=int, default=300)
-    parser.add_argument("--work", type=Path,
-                        default=Path.home() / ".cache" / "wsi-ncmi" / "bench" / "defaults")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" /
-                        "defaults")
+    add_study_paths(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("wsi_ncmi").setLevel(logging.WARNING)

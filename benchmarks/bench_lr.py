@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_defaults import REPO, validation_f1  # noqa: E402
+from bench_defaults import add_study_paths, validation_f1  # noqa: E402
 
 from wsi_ncmi.formats.config import LOSS_LR, load_yaml  # noqa: E402
 from wsi_ncmi.formats.seedruns import is_multi_seed  # noqa: E402
@@ -80,10 +80,7 @@ def lr_table(work: Path) -> tuple[str, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path,
-                        default=Path.home() / ".cache" / "wsi-ncmi" / "bench" / "defaults")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" /
-                        "defaults")
+    add_study_paths(parser)
     args = parser.parse_args()
     table, drift = lr_table(args.work)
     header = (f"Validation macro-F1 (mean over 3 seeds) of the defaults at each lr on "

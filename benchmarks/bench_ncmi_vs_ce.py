@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_defaults import REPO, compared  # noqa: E402
+from bench_defaults import add_study_paths, compared  # noqa: E402
 from bench_lr import COHORTS  # noqa: E402
 
 #: tuned; the defaults before the per-loss lr (1e-3 for both); the defaults (CE 1e-2, NCMI 3e-3)
@@ -66,10 +66,7 @@ def own_heads(work: Path, cohort: str, recipe: str) -> str | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path,
-                        default=Path.home() / ".cache" / "wsi-ncmi" / "bench" / "defaults")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" /
-                        "defaults")
+    add_study_paths(parser)
     args = parser.parse_args()
     lines = ["# NCMI against CE on the cohorts where training learns (seed-paired)", "",
              "From the runs of `bench_defaults.py` (seeds 0, 1, 2; the same split for both "
