@@ -10,8 +10,8 @@ cohort, its mean over them, and the lr the rule picks:
     :data:`TIE` of that best counts as tied, and of tied ones the smallest wins.
 
 The test split is not read. The table goes to ``--results/lr.md``; a loss whose pick differs
-from ``formats/config.LOSS_LR`` is named at the end, so the code and the study cannot drift
-apart unnoticed.
+from ``formats/config.LOSS_LR``, or that lacks runs at some lr, is named at the end, so the
+code and the study cannot drift apart unnoticed.
 
     python benchmarks/bench_lr.py
 """
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_defaults import add_study_paths, validation_f1  # noqa: E402
 
 from wsi_ncmi.formats.config import LOSS_LR, load_yaml  # noqa: E402
-from wsi_ncmi.formats.seedruns import is_multi_seed  # noqa: E402
+from wsi_ncmi.formats.seedruns import is_multi_seed, seed_runs  # noqa: E402
 from wsi_ncmi.model.lossnames import LOSS_NAMES  # noqa: E402
 
 #: the learnable cohorts (the two others are at chance for every recipe)
@@ -39,7 +39,8 @@ TIE = 0.01
 
 def run_lr(run: Path) -> float:
     """The lr a multi-seed run trained with (its first seed's resolved config)."""
-    return float(load_yaml(run / "seed_0" / "config.yaml")["optim"]["lr"])
+    first = next(iter(seed_runs(run).values()))
+    return float(load_yaml(first / "config.yaml")["optim"]["lr"])
 
 
 def validation_by_lr(work: Path, cohort: str, loss: str) -> dict[float, float]:
@@ -59,7 +60,7 @@ def pick(means: dict[float, float]) -> float:
 
 
 def lr_table(work: Path) -> tuple[str, list[str]]:
-    """The markdown table and the losses whose pick is not ``LOSS_LR``'s."""
+    """The markdown table and the losses whose pick is not ``LOSS_LR``'s or that lack runs."""
     lines = ["| loss | " + " | ".join(f"lr {lr:g}" for lr in LRS) + " | pick | code |",
              "|---|" + "---|" * (len(LRS) + 2)]
     drift = []
@@ -70,7 +71,9 @@ def lr_table(work: Path) -> tuple[str, list[str]]:
         cells = [", ".join(f"{per[c][lr]:.3f}" if lr in per[c] else "–" for c in COHORTS)
                  + (f" (**{means[lr]:.3f}**)" if lr in means else "") for lr in LRS]
         chosen = pick(means) if len(means) == len(LRS) else None
-        if chosen is not None and chosen != LOSS_LR[loss]:
+        if chosen is None:
+            drift.append(f"{loss} (runs missing)")
+        elif chosen != LOSS_LR[loss]:
             drift.append(loss)
         lines.append(f"| {loss} | " + " | ".join(cells) + " | "
                      + (f"{chosen:g}" if chosen is not None else "incomplete")
@@ -90,7 +93,7 @@ def main() -> None:
     (args.results / "lr.md").write_text(header + table)
     print(header + table)
     if drift:
-        print(f"pick differs from the code's LOSS_LR for: {', '.join(drift)}")
+        print(f"not confirmed by the runs, LOSS_LR of: {', '.join(drift)}")
 
 
 if __name__ == "__main__":

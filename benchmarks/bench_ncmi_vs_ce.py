@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_defaults import add_study_paths, compared  # noqa: E402
-from bench_lr import COHORTS  # noqa: E402
+from bench_lr import COHORTS, run_lr  # noqa: E402
 
-#: tuned; the defaults before the per-loss lr (1e-3 for both); the defaults (CE 1e-2, NCMI 3e-3)
+#: tuned; the defaults before the per-loss lr (1e-3 for both); the defaults (each its own lr)
 RECIPES = ("tuned", "defaults_lr1e3", "defaults")
 HEADS = ("linear_probe", "centroid")
 
@@ -31,20 +31,22 @@ def pair_rows(work: Path, cohort: str, recipe: str) -> list[str]:
     if not all((runs / loss / recipe / "eval" / "test" / "seeds.csv").is_file()
                for loss in ("ce", "ncmi")):
         return []
+    # the two losses' folders under one parent, named by loss, so compare pairs them
+    pair = work / "pairs" / cohort / recipe
+    pair.mkdir(parents=True, exist_ok=True)
+    for loss in ("ce", "ncmi"):
+        link = pair / loss
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(runs / loss / recipe, target_is_directory=True)
+    lrs = f"{run_lr(runs / 'ncmi' / recipe):.2g} / {run_lr(runs / 'ce' / recipe):.2g}"
     lines = []
     for head in HEADS:
-        # the two losses' folders under one parent, named by loss, so compare pairs them
-        pair = work / "pairs" / cohort / recipe
-        pair.mkdir(parents=True, exist_ok=True)
-        for loss in ("ce", "ncmi"):
-            link = pair / loss
-            if not link.exists():
-                link.symlink_to(runs / loss / recipe, target_is_directory=True)
         rows, pairs = compared(pair, ["ce", "ncmi"], work / "compare_pairs" / cohort / recipe
                                / head, head, 300)
         d = pairs[0]["macro_f1"]
         own = {r["run"]: r["macro_f1"]["value"] for r in rows}
-        lines.append(f"| {cohort} | {recipe} | {head.replace('_', ' ')} | "
+        lines.append(f"| {cohort} | {recipe} | {lrs} | {head.replace('_', ' ')} | "
                      f"{d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
                      f"{d['b_better']}/{d['n_seeds']} | {own['ncmi']:.3f} / {own['ce']:.3f} |")
     return lines
@@ -60,7 +62,10 @@ def own_heads(work: Path, cohort: str, recipe: str) -> str | None:
         if not path.is_file():
             return None
         table = pd.read_csv(path)
-        values.append(table[table["head"] == head]["macro_f1"].mean())
+        chosen = table[table["head"] == head]["macro_f1"]
+        if chosen.empty:
+            return None
+        values.append(chosen.mean())
     return f"{values[0]:.3f} / {values[1]:.3f}"
 
 
@@ -73,9 +78,9 @@ def main() -> None:
              "losses), `python benchmarks/bench_ncmi_vs_ce.py`. Δ = NCMI − CE test macro-F1 "
              "on the same head [95 % interval, 300 resamples of test patients]; won: seeds in "
              "which NCMI scored higher. `defaults_lr1e3`: the defaults before the per-loss "
-             "lr (both at 1e-3); `defaults`: CE at 1e-2, NCMI at 3e-3.", "",
-             "| cohort | recipe | head | Δ macro-F1 (NCMI − CE) | NCMI won | NCMI / CE |",
-             "|---|---|---|---|---|---|"]
+             "lr; `defaults`: each loss at its own (the lr column, read from the runs).", "",
+             "| cohort | recipe | lr (NCMI / CE) | head | Δ macro-F1 (NCMI − CE) | NCMI won | "
+             "NCMI / CE |", "|---|---|---|---|---|---|---|"]
     own = ["", "Own heads (NCMI centroid / CE classifier), test macro-F1, means over seeds:", "",
            "| cohort | " + " | ".join(RECIPES) + " |", "|---|" + "---|" * len(RECIPES)]
     for cohort in COHORTS:

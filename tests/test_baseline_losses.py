@@ -342,6 +342,20 @@ def test_default_lr_is_the_losses_unless_the_config_sets_one():
         resolve_config({"loss": {"name": "ce"}, "optim": {"lr": 0}})
 
 
+def test_another_losses_lr_is_kept_with_a_warning(tmp_path, caplog):
+    run_config = tmp_path / "config.yaml"
+    run_config.write_text("loss: {name: ncmi}\noptim: {lr: 0.003}\n")
+    with caplog.at_level("WARNING", logger="wsi_ncmi.formats.config"):
+        raw = load_config([run_config], {"loss": {"name": "ce"}})
+    assert resolve_config(raw)["optim"]["lr"] == 0.003
+    assert "optim.lr 0.003 (loss ncmi); loss ce trains with it, not with its default 0.01" \
+        in caplog.text
+    caplog.clear()
+    assert resolve_config(load_config([REPO / "configs" / "train_ncmi.yaml"],
+                                      {"loss": {"name": "ce"}}))["optim"]["lr"] == 1e-2
+    assert not caplog.text
+
+
 def test_supcon_refuses_one_bag_per_step():
     cfg = resolve_config({"loss": {"name": "supcon"}, "optim": {"batch_size": 1}})
     with pytest.raises(InputError, match="batch_size must be ≥ 2 for the supcon loss"):

@@ -36,6 +36,7 @@ underfit.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ from typing import Any
 import yaml
 
 from ..errors import InputError
+
+log = logging.getLogger(__name__)
 
 #: default ``optim.lr`` per loss: of 1e-3, 3e-3 and 1e-2, the one with the best mean validation
 #: macro-F1 over the defaults study's three learnable cohorts (the smallest within 0.01 of it;
@@ -105,7 +108,21 @@ def load_config(paths: Sequence[Path], overrides: dict | None = None) -> dict:
     merged: dict = {}
     for path in paths:
         merged = deep_merge(merged, load_yaml(path))
-    return deep_merge(merged, overrides or {})
+    out = deep_merge(merged, overrides or {})
+    _warn_lr_of_another_loss(merged, out)
+    return out
+
+
+def _warn_lr_of_another_loss(files: dict, out: dict) -> None:
+    """A run's ``config.yaml`` or a tune's ``best.yaml`` holds its loss's lr; trained with
+    another ``--loss`` it keeps that lr, not the new loss's default: say so."""
+    old, new = (c.get("loss", {}).get("name") if isinstance(c.get("loss"), dict) else None
+                for c in (files, out))
+    lr = files.get("optim", {}).get("lr") if isinstance(files.get("optim"), dict) else None
+    if old is not None and new != old and lr is not None:
+        log.warning("the config sets optim.lr %s (loss %s); loss %s trains with it, not with "
+                    "its default %s (set optim.lr: null for that)", lr, old, new,
+                    default_lr(new))
 
 
 def resolve_config(raw: dict, loss_names: Sequence[str] | None = None) -> dict:

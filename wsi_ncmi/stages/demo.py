@@ -129,13 +129,14 @@ def predict_command(out: Path) -> str:
 
 
 def _train_config(loss: str, config: DemoConfig) -> dict:
+    """Small model and batches for the demo's ~20 training slides; the lr is the loss's default
+    (a common lr would favour one loss, docs/training.md)."""
     return {
         "task": {"name": "demo_3class", "classes": list(CLASSES)},
         "split": {"method": "column", "column": "split"},
         "model": {"embed_dim": 64, "attn_dim": 64},
         "loss": {"name": loss},
-        "optim": {"epochs": config.epochs, "batch_size": 4, "lr": 5e-4,
-                  "patience": config.epochs},
+        "optim": {"epochs": config.epochs, "batch_size": 4, "patience": config.epochs},
         "device": "auto",
         "seed": config.seed,
     }
