@@ -144,6 +144,30 @@ def test_trials_table_plot_and_best_config(tuned):
     assert (tuned["out"] / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_first_trial_is_the_base_config_where_the_space_allows(tuned):
+    trials = pd.read_csv(tuned["out"] / "trials.csv")
+    first = trials.iloc[0]
+    # base.yaml: CE at its default lr 1e-2 and 2 epochs, both in the space; its dropout (the
+    # default 0.1) is not one of the space's choices, so the trial drew it
+    assert first["param:optim.lr"] == pytest.approx(1e-2, rel=1e-12)
+    assert first["param:optim.epochs"] == 2
+    assert first["param:model.dropout"] in (0.0, 0.2)
+    assert first["note"] == "the base config's values"
+    assert trials["note"].iloc[1:].isna().all()
+    done = trials[trials["state"] == "COMPLETE"]
+    assert done["value"].max() >= first["value"]
+
+
+def test_search_values_a_trial_can_draw():
+    lr = parse_param("optim.lr", {"low": 1e-5, "high": 3e-2, "log": True})
+    assert lr.holds(1e-2) and lr.holds(1e-5) and not lr.holds(0.1) and not lr.holds(None)
+    epochs = parse_param("optim.epochs", {"low": 25, "high": 200, "step": 25})
+    assert epochs.holds(100) and not epochs.holds(110) and not epochs.holds(100.5)
+    tiles = parse_param("optim.max_tiles", {"choices": [256, 512, None]})
+    assert tiles.holds(512) and tiles.holds(None) and not tiles.holds(1024)
+    assert not parse_param("optim.balanced_sampling", {"choices": [0, 1]}).holds(True)
+
+
 def test_best_yaml_trains_and_reproduces_its_validation_score(tuned, tmp_path):
     """With the given validation split as the selection fold, `train --config best.yaml`
     retrains the best trial exactly: its kept epoch's validation macro-F1 is the trial's
@@ -313,7 +337,8 @@ def test_a_diverged_trial_is_pruned_with_a_note(tuned, tmp_path, monkeypatch):
     trials = pd.read_csv(tmp_path / "study" / "trials.csv")
     assert result.finished == 1 and result.best is None
     assert trials["state"].tolist() == ["PRUNED"] and trials["value"].isna().all()
-    assert trials["note"].item().startswith("diverged: fold 0, epoch 1")
+    assert trials["note"].item() == ("the base config's values; diverged: fold 0, epoch 1: "
+                                     "the training loss became NaN/inf")
     assert not (tmp_path / "study" / "best.yaml").exists()
 
 

@@ -65,6 +65,23 @@ class Param:
         """The values to check a space with: both bounds, or every choice."""
         return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
 
+    def holds(self, value: Any) -> bool:
+        """Whether a trial could draw ``value`` (a choice, or a number within the bounds and
+        on the step)."""
+        if self.kind == "categorical":
+            return any(value == c and type(value) is type(c) or value is c is None
+                       for c in self.choices)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return False
+        if not self.low <= value <= self.high:
+            return False
+        if self.kind == "int" and value != int(value):
+            return False
+        if self.step is None:
+            return True
+        steps = (value - self.low) / self.step
+        return abs(steps - round(steps)) < 1e-9
+
     def largest(self) -> Any:
         """The largest number a trial can draw (the epoch budget when ``optim.epochs``)."""
         if self.kind != "categorical":

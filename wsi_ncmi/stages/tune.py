@@ -14,9 +14,13 @@ the space file's ``tune`` section). Ties between trials go to the higher
 validation AUC (one-vs-rest macro, at the kept epochs, averaged over the folds), then to the
 earlier trial. Every trial trains with the base config's seed.
 
-**Search.** Optuna's TPE sampler (``--seed`` seeds it, together with the worker number and the
-number of trials already in the study, so a resumed or parallel worker does not replay another's
-random draws; ``constant_liar`` keeps parallel workers apart), and a median pruner: after every
+**Search.** A new study's first trial (worker 0's) takes the base config's values — the
+defaults, or what ``--config`` set — for every searched setting the space can draw (the rest
+are sampled; ``trials.csv`` notes it): when the space holds them all, the tune's best is never
+below the base config on its selection folds, even with two or three trials. Then Optuna's TPE
+sampler (``--seed`` seeds it, together with the worker number and the number of trials already
+in the study, so a resumed or parallel worker does not replay another's random draws;
+``constant_liar`` keeps parallel workers apart), and a median pruner: after every
 epoch the trial reports its fold's best validation macro-F1 so far at step
 ``fold × E + epoch − 1`` (fold 0-based, epoch 1-based, E = the most epochs a trial can run) and
 stops when that falls below the median of earlier trials at the same step (once
@@ -70,6 +74,7 @@ from .tunestudy import (
     trial_row,
 )
 
+_MISSING = object()
 log = logging.getLogger("wsi_ncmi")
 STALE_AFTER_S = 3600.0
 
@@ -120,6 +125,19 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict:
             values[name] = trial.suggest_int(name, p.low, p.high, step=p.step or 1, log=p.log)
         else:
             values[name] = trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
+    return values
+
+
+def start_values(space: SearchSpace, cfg: dict) -> dict:
+    """The resolved base config's value of every searched setting a trial could draw: the
+    parameters of a new study's first trial (settings outside the space are sampled)."""
+    values = {}
+    for name, param in space.params.items():
+        node: object = cfg
+        for key in name.split("."):
+            node = node.get(key, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is not _MISSING and param.holds(node):
+            values[name] = node
     return values
 
 
@@ -218,6 +236,8 @@ def tune_study(config: dict, out_dir: Path, features_dir: Path, manifest: Path,
     study.sampler = optuna.samplers.TPESampler(
         seed=sampler_seed, n_startup_trials=space.settings["startup_trials"],
         constant_liar=True)
+    if worker == 0 and not study.trials:
+        study.enqueue_trial(start_values(space, base), user_attrs={"start": True})
     first = next(iter(data.infos.values()))
     ctx = FoldContext(cfg=base, source=open_bags(data.infos, base["data"]["cache_max_gb"]),
                       labels=data.labels, n_classes=len(data.classes),

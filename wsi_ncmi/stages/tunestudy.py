@@ -150,6 +150,8 @@ def trial_row(trial: FrozenTrial) -> dict:
     note = attrs.get("note")
     if trial.state == TrialState.FAIL and note is None:
         note = "worker stopped; retried as a new trial"
+    if attrs.get("start"):
+        note = "the base config's values" + (f"; {note}" if note else "")
     if "retry_of" in attrs:
         note = f"retry of trial {attrs['retry_of']}" + (f"; {note}" if note else "")
     value = trial.value if trial.state == TrialState.COMPLETE else None
