@@ -116,9 +116,8 @@ def load_config(paths: Sequence[Path], overrides: dict | None = None) -> dict:
 def _warn_lr_of_another_loss(files: dict, out: dict) -> None:
     """A run's ``config.yaml`` or a tune's ``best.yaml`` holds its loss's lr; trained with
     another ``--loss`` it keeps that lr, not the new loss's default: say so."""
-    old, new = (c.get("loss", {}).get("name") if isinstance(c.get("loss"), dict) else None
-                for c in (files, out))
-    lr = files.get("optim", {}).get("lr") if isinstance(files.get("optim"), dict) else None
+    old, new = _setting(files, "loss", "name"), _setting(out, "loss", "name")
+    lr = _setting(files, "optim", "lr")
     if old is not None and new != old and lr is not None:
         log.warning("the config sets optim.lr %s (loss %s); loss %s trains with it, not with "
                     "its default %s (set optim.lr: null for that)", lr, old, new,
@@ -132,12 +131,17 @@ def resolve_config(raw: dict, loss_names: Sequence[str] | None = None) -> dict:
     that check. Loss settings are checked later, when the loss is built."""
     cfg = deep_merge(DEFAULTS, raw)
     if isinstance(cfg["optim"], dict) and cfg["optim"].get("lr") is None:
-        loss = cfg["loss"].get("name") if isinstance(cfg["loss"], dict) else None
-        cfg["optim"]["lr"] = default_lr(loss)
+        cfg["optim"]["lr"] = default_lr(_setting(cfg, "loss", "name"))
     problems = _unknown_keys(cfg, loss_names) + _check_values(cfg)
     if problems:
         raise InputError(f"config: {'; '.join(problems)}")
     return cfg
+
+
+def _setting(cfg: dict, section: str, key: str) -> Any:
+    """``cfg[section][key]`` of a config not yet validated; None when either is missing."""
+    part = cfg.get(section)
+    return part.get(key) if isinstance(part, dict) else None
 
 
 def default_lr(loss: Any) -> float:

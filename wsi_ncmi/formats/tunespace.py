@@ -46,6 +46,7 @@ TUNE_DEFAULTS: dict[str, int] = {"inner_folds": 5, "min_val_patients": 10,
 _TUNE_MINIMA = {"inner_folds": 2, "min_val_patients": 0, "startup_trials": 0,
                 "prune_after_trials": 0, "prune_warmup_epochs": 0}
 TUNED_SECTIONS = ("model", "optim", "loss")
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,7 @@ class Param:
         """Whether a trial could draw ``value`` (a choice, or a number within the bounds and
         on the step)."""
         if self.kind == "categorical":
-            return any(value == c and type(value) is type(c) or value is c is None
-                       for c in self.choices)
+            return any(value == c and type(value) is type(c) for c in self.choices)
         if not isinstance(value, int | float) or isinstance(value, bool):
             return False
         if not self.low <= value <= self.high:
@@ -109,6 +109,18 @@ class SearchSpace:
         """The space and settings as plain data (YAML/JSON-safe)."""
         return {"space": {n: p.as_dict() for n, p in self.params.items()},
                 "tune": dict(self.settings)}
+
+    def values_in(self, cfg: dict) -> dict[str, Any]:
+        """Parameter name → ``cfg``'s value of it (a resolved training config), for every
+        parameter whose value there a trial could draw."""
+        values = {}
+        for name, param in self.params.items():
+            node: Any = cfg
+            for key in name.split("."):
+                node = node.get(key, _MISSING) if isinstance(node, dict) else _MISSING
+            if node is not _MISSING and param.holds(node):
+                values[name] = node
+        return values
 
     def losses(self) -> set[str]:
         """Losses whose settings the space searches (``loss.<name>.*`` keys)."""

@@ -74,7 +74,6 @@ from .tunestudy import (
     trial_row,
 )
 
-_MISSING = object()
 log = logging.getLogger("wsi_ncmi")
 STALE_AFTER_S = 3600.0
 
@@ -125,19 +124,6 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict:
             values[name] = trial.suggest_int(name, p.low, p.high, step=p.step or 1, log=p.log)
         else:
             values[name] = trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
-    return values
-
-
-def start_values(space: SearchSpace, cfg: dict) -> dict:
-    """The resolved base config's value of every searched setting a trial could draw: the
-    parameters of a new study's first trial (settings outside the space are sampled)."""
-    values = {}
-    for name, param in space.params.items():
-        node: object = cfg
-        for key in name.split("."):
-            node = node.get(key, _MISSING) if isinstance(node, dict) else _MISSING
-        if node is not _MISSING and param.holds(node):
-            values[name] = node
     return values
 
 
@@ -237,7 +223,7 @@ def tune_study(config: dict, out_dir: Path, features_dir: Path, manifest: Path,
         seed=sampler_seed, n_startup_trials=space.settings["startup_trials"],
         constant_liar=True)
     if worker == 0 and not study.trials:
-        study.enqueue_trial(start_values(space, base), user_attrs={"start": True})
+        study.enqueue_trial(space.values_in(base), user_attrs={"start": True})
     first = next(iter(data.infos.values()))
     ctx = FoldContext(cfg=base, source=open_bags(data.infos, base["data"]["cache_max_gb"]),
                       labels=data.labels, n_classes=len(data.classes),
