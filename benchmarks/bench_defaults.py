@@ -171,20 +171,20 @@ def validation_f1(run: Path) -> float:
                             ["best_val_macro_f1"] for r in seed_runs(run).values()]).mean())
 
 
-def compared(folder: Path, recipes: list[str], out: Path, head: str,
+def compared(runs: list[Path], out: Path, head: str,
              n_boot: int) -> tuple[list[dict], list[dict]]:
-    """``compare`` of the recipes' multi-seed runs on test with ``head``: its rows and pairs,
-    read back from ``out/table_cache.json`` when the same recipes, evaluations and
-    ``n_boot`` were compared before (a table over many losses is rebuilt in seconds)."""
-    key = {"recipes": recipes, "n_boot": n_boot,
-           "evals": [(folder / r / "eval" / "test" / "seeds.csv").stat().st_mtime
-                     for r in recipes]}
+    """``compare`` of multi-seed runs on test with ``head``: its rows (in the order of
+    ``runs``) and pairs, read back from ``out/table_cache.json`` when the same runs,
+    evaluations and ``n_boot`` were compared before (a table over many losses is rebuilt in
+    seconds)."""
+    key = {"runs": [str(r) for r in runs], "n_boot": n_boot,
+           "evals": [(r / "eval" / "test" / "seeds.csv").stat().st_mtime for r in runs]}
     cache = out / "table_cache.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
         if saved["key"] == json.loads(json.dumps(key)):
             return saved["rows"], saved["pairs"]
-    cmp = compare_runs([folder / r for r in recipes], out, "test", head, n_boot, 0)
+    cmp = compare_runs(runs, out, "test", head, n_boot, 0)
     cache.write_text(json.dumps({"key": key, "rows": cmp.rows, "pairs": cmp.pairs},
                                 default=float))
     return cmp.rows, cmp.pairs
@@ -201,8 +201,8 @@ def cohort_table(work: Path, cohort: str, losses: list[str], n_boot: int) -> pd.
         if "tuned" not in recipes or len(recipes) < 2:
             continue
         for head in (own_head(loss), "linear_probe"):
-            cmp_rows, pairs = compared(folder, recipes, work / "compare" / cohort / loss / head,
-                                       head, n_boot)
+            cmp_rows, pairs = compared([folder / r for r in recipes],
+                                       work / "compare" / cohort / loss / head, head, n_boot)
             by_name = {r["run"]: r for r in cmp_rows}
             diffs = {p["b"]: p for p in pairs if p["a"] == "tuned"}
             for recipe in recipes:

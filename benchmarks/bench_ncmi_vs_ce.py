@@ -16,6 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_defaults import add_study_paths, compared  # noqa: E402
 from bench_lr import COHORTS, run_lr  # noqa: E402
@@ -31,21 +33,14 @@ def pair_rows(work: Path, cohort: str, recipe: str) -> list[str]:
     if not all((runs / loss / recipe / "eval" / "test" / "seeds.csv").is_file()
                for loss in ("ce", "ncmi")):
         return []
-    # the two losses' folders under one parent, named by loss, so compare pairs them
-    pair = work / "pairs" / cohort / recipe
-    pair.mkdir(parents=True, exist_ok=True)
-    for loss in ("ce", "ncmi"):
-        link = pair / loss
-        if link.is_symlink():
-            link.unlink()
-        link.symlink_to(runs / loss / recipe, target_is_directory=True)
     lrs = f"{run_lr(runs / 'ncmi' / recipe):.2g} / {run_lr(runs / 'ce' / recipe):.2g}"
     lines = []
     for head in HEADS:
-        rows, pairs = compared(pair, ["ce", "ncmi"], work / "compare_pairs" / cohort / recipe
-                               / head, head, 300)
-        d = pairs[0]["macro_f1"]
-        own = {r["run"]: r["macro_f1"]["value"] for r in rows}
+        rows, pairs = compared([runs / "ce" / recipe, runs / "ncmi" / recipe],
+                               work / "compare_pairs" / cohort / recipe / head, head, 300)
+        d = pairs[0]["macro_f1"]  # b − a = NCMI − CE
+        own = {loss: r["macro_f1"]["value"] for loss, r in zip(("ce", "ncmi"), rows,
+                                                                strict=True)}
         lines.append(f"| {cohort} | {recipe} | {lrs} | {head.replace('_', ' ')} | "
                      f"{d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
                      f"{d['b_better']}/{d['n_seeds']} | {own['ncmi']:.3f} / {own['ce']:.3f} |")
@@ -54,8 +49,6 @@ def pair_rows(work: Path, cohort: str, recipe: str) -> list[str]:
 
 def own_heads(work: Path, cohort: str, recipe: str) -> str | None:
     """'NCMI centroid / CE classifier' test macro-F1, means over seeds."""
-    import pandas as pd
-
     values = []
     for loss, head in (("ncmi", "centroid"), ("ce", "classifier")):
         path = work / "runs" / cohort / loss / recipe / "eval" / "test" / "seeds.csv"

@@ -22,6 +22,7 @@ _OLD_KEPT = {"model": {"dropout": 0.0}, "optim": {"weight_decay": 1e-4},
              "loss": {"ncmi": {"temperature": 0.5, "centroid_lr": 0.5, "centroid_momentum": 0.9}}}
 _REG = deep_merge(_OLD_KEPT, {"model": {"dropout": 0.1}, "optim": {
     "lr": 1e-3, "weight_decay": 1e-3, "epochs": 100, "max_tiles": 512}})
+_T25 = deep_merge(_REG, {"loss": {"ncmi": {"temperature": 0.25}}})
 #: candidate default recipes, screened on validation (``screen``); chosen from the tunes
 CANDIDATES: dict[str, dict] = {
     "cand_lr5e4": deep_merge(_OLD_KEPT, {"optim": {"lr": 5e-4, "epochs": 100, "max_tiles": 512}}),
@@ -32,31 +33,27 @@ CANDIDATES: dict[str, dict] = {
     # cand_reg with NCMI's tuned range: colder T, slower q-steps (ce: the same as cand_reg)
     "cand_reg_ncmi": deep_merge(_REG, {"loss": {"ncmi": {
         "temperature": 0.25, "centroid_lr": 0.1, "centroid_momentum": 0.5}}}),
-    # cand_reg with the colder T only (the old q-step): separates T from the q-step
-    "cand_reg_t25": deep_merge(_REG, {"loss": {"ncmi": {"temperature": 0.25}}}),
+    # cand_reg with the colder T only (the old q-step): separates T from the q-step; it
+    # became the defaults, with lr 1e-3 for every loss until the per-loss lr
+    "cand_reg_t25": _T25,
     # the defaults (= cand_reg_t25) with centroids initialised from the data (part 6's lead)
-    "cand_t25_data": deep_merge(_REG, {"loss": {"ncmi": {"temperature": 0.25,
-                                                         "centroid_init": "data"}}}),
+    "cand_t25_data": deep_merge(_T25, {"loss": {"ncmi": {"centroid_init": "data"}}}),
     # the defaults with more or larger steps: the slide-derived cohort's tunes (42 training
     # slides, 6 steps per epoch at batch 8) chose lr 2–4e-3 or batch 4 for CE and SupCon
-    "cand_t25_lr2e3": deep_merge(_REG, {"optim": {"lr": 2e-3},
-                                        "loss": {"ncmi": {"temperature": 0.25}}}),
-    "cand_t25_b4": deep_merge(_REG, {"optim": {"batch_size": 4},
-                                     "loss": {"ncmi": {"temperature": 0.25}}}),
+    "cand_t25_lr2e3": deep_merge(_T25, {"optim": {"lr": 2e-3}}),
+    "cand_t25_b4": deep_merge(_T25, {"optim": {"batch_size": 4}}),
     # the defaults with lr 1e-2: squentropy's and focal's tunes on the 7-class cohort chose
     # lr 0.025–0.028 and beat their defaults there by 0.12–0.22
-    "cand_t25_lr1e2": deep_merge(_REG, {"optim": {"lr": 1e-2},
-                                        "loss": {"ncmi": {"temperature": 0.25}}}),
+    "cand_t25_lr1e2": deep_merge(_T25, {"optim": {"lr": 1e-2}}),
     # between: SupCon's and CMI-CE's tunes on the slide-derived cohort chose lr 1.9e-3–1.5e-2,
     # and both lost at 1e-2 on 7 classes
-    "cand_t25_lr3e3": deep_merge(_REG, {"optim": {"lr": 3e-3},
-                                        "loss": {"ncmi": {"temperature": 0.25}}}),
+    "cand_t25_lr3e3": deep_merge(_T25, {"optim": {"lr": 3e-3}}),
     # CMI-CE's tunes chose λ 0.01–0.09 on all five cohorts against the default 0.5
     "cand_cmi01": deep_merge(_REG, {"optim": {"lr": 1e-3},
                                     "loss": {"cmi_ce": {"cmi_weight": 0.1}}}),
     "cand_cmi01_lr1e2": deep_merge(_REG, {"optim": {"lr": 1e-2},
                                           "loss": {"cmi_ce": {"cmi_weight": 0.1}}}),
-    # the defaults before the per-loss lr (formats/config.LOSS_LR): lr 1e-3 for every loss
-    "defaults_lr1e3": deep_merge(_REG, {"optim": {"lr": 1e-3},
-                                        "loss": {"ncmi": {"temperature": 0.25}}}),
+    # the defaults before the per-loss lr (formats/config.LOSS_LR), under the name their runs
+    # were kept by (the same recipe as cand_reg_t25)
+    "defaults_lr1e3": _T25,
 }
