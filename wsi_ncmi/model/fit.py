@@ -43,7 +43,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from ..errors import InputError
 from ..stats.simplex import centroid_scores, class_means, ncmi_measure, softmax
 from .bags import BagSource, iter_batches, plan_batches
-from .inference import forward_batches
+from .inference import forward_bags
 from .slidemodel import SlideModel, build_model
 
 MODEL_SCHEMA_VERSION = 1
@@ -163,9 +163,8 @@ def train_epoch(model: SlideModel, optimizer: torch.optim.Optimizer, ctx: FoldCo
 
 def predict_ids(model: SlideModel, ctx: FoldContext, ids: list[str]) -> dict:
     """Eval-mode outputs (see :func:`forward_batches`) of all tiles of ``ids``' bags."""
-    plans = plan_batches(ctx.source, ids, ctx.cfg["data"]["eval_batch_size"])
-    return forward_batches(model, iter_batches(ctx.source, plans, ctx.cfg["data"]["prefetch"]),
-                           ctx.device)
+    return forward_bags(model, ctx.source, ids, ctx.cfg["data"]["eval_batch_size"], ctx.device,
+                        ctx.cfg["data"]["prefetch"])
 
 
 def validation_metrics(out: dict, y: np.ndarray, means: np.ndarray, n_classes: int

@@ -75,6 +75,24 @@ def forward_batches(model: SlideModel, batches: Iterable[BagBatch], device: str 
     return out
 
 
+def forward_bags(model: SlideModel, source: BagSource, slide_ids: Sequence[str], batch_size: int,
+                 device: str | torch.device, prefetch: int = 2) -> dict:
+    """:func:`forward_batches` over all tiles of ``slide_ids``' bags, in the order of
+    ``slide_ids``. Batches hold bags of similar size (planned in order of tile count): a batch
+    is padded to its longest bag, so slides of 200 and 20 000 tiles side by side would
+    compute 100× the smaller one's tiles."""
+    by_size = sorted(range(len(slide_ids)), key=lambda i: source.infos[slide_ids[i]].n_tiles)
+    plans = plan_batches(source, [slide_ids[i] for i in by_size], batch_size)
+    out = forward_batches(model, iter_batches(source, plans, prefetch), device)
+    back = np.argsort(np.array(by_size, dtype=np.int64))
+    out["slide_id"] = [out["slide_id"][j] for j in back]
+    out["attention"] = [out["attention"][j] for j in back]
+    for key in ("z", "z_tilde", "p", "logits"):
+        if out[key] is not None:
+            out[key] = out[key][back]
+    return out
+
+
 def check_bags(features_dir: Path, slide_ids: Sequence[str],
                feature_dim: int | None = None) -> tuple[dict[str, BagInfo], list[str]]:
     """Inspect every slide's feature file; return the readable non-empty ones and one problem
@@ -111,5 +129,4 @@ def run_model(loaded: LoadedModel, features_dir: Path, slide_ids: list[str],
         raise InputError(f"{len(problems)} slide(s) cannot be run: {'; '.join(problems)}")
     source = BagSource(infos)
     device = next(loaded.model.parameters()).device
-    return forward_batches(loaded.model, iter_batches(source, plan_batches(
-        source, list(slide_ids), batch_size)), device)
+    return forward_bags(loaded.model, source, list(slide_ids), batch_size, device)
