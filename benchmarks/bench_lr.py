@@ -1,8 +1,9 @@
 """The default learning rate per loss: the defaults study's runs at lr 1e-3, 3e-3 and 1e-2.
 
 Reads the multi-seed runs of ``bench_defaults.py`` (``--work``) whose recipe is the code's
-defaults at one of :data:`LRS` (``defaults``, ``defaults_lr1e3``, ``cand_t25_lr3e3``,
-``cand_t25_lr1e2``; each run's lr is read from its ``seed_0/config.yaml``), and per loss
+current defaults but for the lr, at one of :data:`LRS` (model, optimiser and loss settings of
+the run's first ``config.yaml`` against the defaults resolved now, the loss's constructor
+defaults included — so a run made before a default changed no longer counts), and per loss
 prints the validation macro-F1 (mean over 3 seeds of the kept checkpoint's) on each learnable
 cohort, its mean over them, and the lr the rule picks:
 
@@ -25,30 +26,49 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_defaults import add_study_paths, validation_f1  # noqa: E402
 
-from wsi_ncmi.formats.config import LOSS_LR, load_yaml  # noqa: E402
+from wsi_ncmi.formats.config import LOSS_LR, load_yaml, resolve_config  # noqa: E402
 from wsi_ncmi.formats.seedruns import is_multi_seed, seed_runs  # noqa: E402
 from wsi_ncmi.model.lossnames import LOSS_NAMES  # noqa: E402
+from wsi_ncmi.model.losses import get_loss  # noqa: E402
 
 #: the learnable cohorts (the two others are at chance for every recipe)
 COHORTS = ("c2_d64_w5", "c7_d256_w5", "real_c3_d1024")
 LRS = (1e-3, 3e-3, 1e-2)
-#: runs of the defaults that differ only in lr
-RECIPES = ("defaults", "defaults_lr1e3", "cand_t25_lr3e3", "cand_t25_lr1e2")
 TIE = 0.01
 
 
+def first_config(run: Path) -> dict:
+    """A multi-seed run's first seed's resolved config."""
+    return load_yaml(next(iter(seed_runs(run).values())) / "config.yaml")
+
+
 def run_lr(run: Path) -> float:
-    """The lr a multi-seed run trained with (its first seed's resolved config)."""
-    first = next(iter(seed_runs(run).values()))
-    return float(load_yaml(first / "config.yaml")["optim"]["lr"])
+    """The lr a multi-seed run trained with."""
+    return float(first_config(run)["optim"]["lr"])
+
+
+def recipe_but_lr(config: dict) -> dict:
+    """What the lr study holds fixed: the model, the optimiser but its lr, the loss settings."""
+    optim = {k: v for k, v in config["optim"].items() if k != "lr"}
+    return {"model": config["model"], "optim": optim, "loss": config["loss"]}
+
+
+def defaults_but_lr(loss: str) -> dict:
+    """:func:`recipe_but_lr` of the code's defaults for ``loss``, its settings filled in as
+    ``train`` writes them."""
+    cfg = resolve_config({"loss": {"name": loss}}, LOSS_NAMES)
+    settings = get_loss(loss, 2, cfg["model"]["embed_dim"]).settings()
+    cfg["loss"][loss] = settings
+    return recipe_but_lr(cfg)
 
 
 def validation_by_lr(work: Path, cohort: str, loss: str) -> dict[float, float]:
-    """lr → mean validation macro-F1 over seeds, for the runs of :data:`RECIPES` found."""
+    """lr → mean validation macro-F1 over seeds, for the runs of the defaults but the lr."""
     out: dict[float, float] = {}
-    for recipe in RECIPES:
-        run = work / "runs" / cohort / loss / recipe
-        if is_multi_seed(run) and (lr := run_lr(run)) in LRS:
+    want = defaults_but_lr(loss)
+    for run in sorted((work / "runs" / cohort / loss).glob("*")):
+        if (is_multi_seed(run) and recipe_but_lr(first_config(run)) == want
+                and (lr := run_lr(run)) in LRS):
             out[lr] = validation_f1(run)
     return out
 

@@ -28,9 +28,9 @@ log = logging.getLogger("wsi_ncmi")
 
 @dataclass(frozen=True)
 class SyntheticCohort:
-    """Synthetic bags: ``classes`` C, ``dim`` D, ``tiles`` (min, max) per bag, ``witness``
-    share, ``signal`` (witness shift, noise SDs), ``split`` slides per class (train, val,
-    test)."""
+    """Synthetic bags: ``classes`` C, ``dim`` D, ``tiles`` (min, max) per bag (drawn
+    log-uniformly when ``log_sizes``), ``witness`` share, ``signal`` (witness shift, noise
+    SDs), ``split`` slides per class (train, val, test)."""
 
     classes: int
     dim: int
@@ -38,10 +38,12 @@ class SyntheticCohort:
     witness: float
     signal: float
     split: tuple[int, int, int]
+    log_sizes: bool = False
 
     def describe(self) -> str:
+        sizes = " (log-uniform)" if self.log_sizes else ""
         return (f"synthetic: C={self.classes}, D={self.dim}, {self.tiles[0]}–{self.tiles[1]} "
-                f"tiles/bag, witness rate 1 in {round(1 / self.witness)}, signal "
+                f"tiles/bag{sizes}, witness rate 1 in {round(1 / self.witness)}, signal "
                 f"{self.signal} SD, per class {self.split[0]}/{self.split[1]}/{self.split[2]} "
                 "train/val/test slides")
 
@@ -65,6 +67,8 @@ COHORTS: dict[str, SyntheticCohort | RealCohort] = {
     "c3_d1536_w10": SyntheticCohort(3, 1536, (20, 60), 0.1, 3.0, (24, 12, 30)),
     "c7_d256_w5": SyntheticCohort(7, 256, (30, 90), 0.2, 2.5, (16, 10, 20)),
     "c3_d128_w100": SyntheticCohort(3, 128, (200, 600), 0.01, 4.0, (14, 10, 20)),
+    "c2_d256_w1000": SyntheticCohort(2, 256, (200, 20000), 0.001, 6.0, (24, 10, 20),
+                                     log_sizes=True),
     "real_c3_d1024": RealCohort(108, (0.4, 0.3, 0.3)),
 }
 
@@ -92,7 +96,7 @@ def make_synthetic(spec: SyntheticCohort, features: Path, manifest: Path, seed: 
     per_class = sum(spec.split)
     df = write_synthetic_bags(features, spec.classes, per_class, spec.dim, tiles=spec.tiles,
                               signal_share=spec.witness, signal=spec.signal,
-                              slides_per_patient=1, seed=seed)
+                              slides_per_patient=1, seed=seed, log_sizes=spec.log_sizes)
     rank = df.groupby("label").cumcount()
     tr, va, _ = spec.split
     df["split"] = ["train" if r < tr else "val" if r < tr + va else "test" for r in rank]

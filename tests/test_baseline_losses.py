@@ -159,12 +159,12 @@ def test_defaults_match_the_papers_formula_on_nonnegative_embeddings(name):
                                                         y.numpy()), rel=1e-5)
 
 
-def test_defaults_are_the_papers():
+def test_defaults_are_the_papers_but_supcons_temperature():
     assert get_loss("opl", 3, 8).settings() == {"opl_weight": 1.0, "gamma": 0.5}
     assert get_loss("squentropy", 3, 8).settings() == {}
     assert get_loss("square", 3, 8).settings() == {"correct_weight": 1.0,
                                                    "correct_target": 1.0}
-    assert get_loss("supcon", 3, 8).settings() == {"temperature": 0.1, "proj_dim": 128}
+    assert get_loss("supcon", 3, 8).settings() == {"temperature": 0.5, "proj_dim": 128}
 
 
 def test_square_loss_at_k_m_one_is_mse_against_one_hot():
@@ -299,8 +299,9 @@ def test_heads_and_settings(name):
         torch.testing.assert_close(head.p, torch.softmax(head.logits, 1))
     else:
         assert head.logits is None and head.p.shape == (6, 128)
+        assert loss.temperature == 0.5
         v = loss.project(z)
-        torch.testing.assert_close(head.p, torch.softmax(v / 0.1, 1))
+        torch.testing.assert_close(head.p, torch.softmax(v / loss.temperature, 1))
     torch.testing.assert_close(loss.outputs(z).p, head.p)
     assert get_loss(name, 3, 8, **loss.settings()).settings() == loss.settings()
 

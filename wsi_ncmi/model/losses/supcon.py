@@ -10,10 +10,12 @@ Linear m→``proj_dim``), and its preferred L_out^sup on the batch's v (B×``pro
     ℓ_i = −1/|P(i)| · Σ_{p∈P(i)} log [ exp(v_i·v_p/τ) / Σ_{a∈A(i)} exp(v_i·v_a/τ) ]
     L   = mean of ℓ_i over the anchors i with |P(i)| ≥ 1
 
-No classifier. Defaults from the paper: τ = 0.1 (``temperature``, the value it trains with;
-the public code's default is 0.07) and a 128-d projection output (``proj_dim``); the paper's
-hidden layer has the size of the representation (2048 for ResNet-50), here m. Choices the paper
-leaves open, as made here:
+No classifier. Defaults: a 128-d projection output (``proj_dim``, the paper's) and τ = 0.5
+(``temperature``). The paper trains with τ = 0.1 (its public code's default is 0.07), on
+batches of thousands of images; with batches of 8 bags, τ 0.1 / 0.3 / 0.5 / 1.0 gave a mean
+validation macro-F1 of 0.858 / 0.876 / 0.889 / 0.878 over the defaults study's three learnable
+cohorts (3 seeds, lr 1e-3; docs/training.md). The paper's hidden layer has the size of the
+representation (2048 for ResNet-50), here m. Choices the paper leaves open, as made here:
 
 - One view per bag. The paper contrasts two augmentations of every image, so every anchor has a
   positive; with B bags (8 by default) some anchors have no same-class bag in the batch. They
@@ -65,7 +67,7 @@ class SupConLoss(SlideLoss):
 
     name = "supcon"
 
-    def __init__(self, n_classes: int, embed_dim: int, *, temperature: float = 0.1,
+    def __init__(self, n_classes: int, embed_dim: int, *, temperature: float = 0.5,
                  proj_dim: int = 128) -> None:
         super().__init__(n_classes, embed_dim)
         check_range(self.name, "temperature", temperature, 0.0, float("inf"), low_open=True)
