@@ -28,8 +28,8 @@ from bench_defaults import add_study_paths, validation_f1  # noqa: E402
 
 from wsi_ncmi.formats.config import LOSS_LR, load_yaml, resolve_config  # noqa: E402
 from wsi_ncmi.formats.seedruns import is_multi_seed, seed_runs  # noqa: E402
-from wsi_ncmi.model.lossnames import LOSS_NAMES  # noqa: E402
 from wsi_ncmi.model.losses import get_loss  # noqa: E402
+from wsi_ncmi.model.lossnames import LOSS_NAMES  # noqa: E402
 
 #: the learnable cohorts (the two others are at chance for every recipe)
 COHORTS = ("c2_d64_w5", "c7_d256_w5", "real_c3_d1024")
