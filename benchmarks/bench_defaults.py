@@ -165,6 +165,11 @@ def tuned_value(work: Path, cohort: str, loss: str) -> float | None:
     return float(values.max()) if len(values) else None
 
 
+def first_config(run: Path) -> dict:
+    """A multi-seed run's first seed's resolved config."""
+    return load_yaml(next(iter(seed_runs(run).values())) / "config.yaml")
+
+
 def validation_f1(run: Path) -> float:
     """Mean over seeds of the kept checkpoint's validation macro-F1."""
     return float(pd.Series([json.loads((r / "fold_0" / "model.json").read_text())
@@ -205,9 +210,11 @@ def cohort_table(work: Path, cohort: str, losses: list[str], n_boot: int) -> pd.
                                        work / "compare" / cohort / loss / head, head, n_boot)
             by_name = {r["run"]: r for r in cmp_rows}
             diffs = {p["b"]: p for p in pairs if p["a"] == "tuned"}
+            tuned_config = first_config(folder / "tuned")
             for recipe in recipes:
                 r = by_name[recipe]
                 d = diffs.get(recipe)
+                same = recipe != "tuned" and first_config(folder / recipe) == tuned_config
                 rows.append({
                     "cohort": cohort, "loss": loss, "head": head, "recipe": recipe,
                     "n_seeds": r["n_seeds"], "val_macro_f1": validation_f1(folder / recipe),
@@ -220,6 +227,7 @@ def cohort_table(work: Path, cohort: str, losses: list[str], n_boot: int) -> pd.
                     "diff_vs_tuned": None if d is None else d["macro_f1"]["diff"],
                     "diff_ci_low": None if d is None else d["macro_f1"]["ci95"][0],
                     "diff_ci_high": None if d is None else d["macro_f1"]["ci95"][1],
+                    "same_config_as_tuned": same,
                 })
     return pd.DataFrame(rows)
 
@@ -237,7 +245,8 @@ def markdown(table: pd.DataFrame, cohort: str) -> str:
              "Δ macro-F1 vs tuned |", "|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         delta = ("–" if r.diff_vs_tuned is None or pd.isna(r.diff_vs_tuned) else
-                 f"{r.diff_vs_tuned:+.3f} [{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}]")
+                 f"{r.diff_vs_tuned:+.3f} [{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}]"
+                 + (" (the tuned recipe itself)" if r.same_config_as_tuned else ""))
         lines.append(f"| {r.loss} | {r.head} | {r.recipe} | {r.n_seeds} | "
                      f"{_f(r.val_macro_f1)} | {_f(r.macro_f1)} [{_f(r.macro_f1_ci_low)}, "
                      f"{_f(r.macro_f1_ci_high)}] | {_f(r.auc)} [{_f(r.auc_ci_low)}, "
@@ -283,14 +292,16 @@ def goal_table(tables: list[pd.DataFrame]) -> str:
     cohorts = list(dict.fromkeys(rows["cohort"]))
     lines = ["| loss (head) | " + " | ".join(cohorts) + " |", "|" + "---|" * (1 + len(cohorts))]
     for (loss, head), group in rows.groupby(["loss", "head"], sort=False):
-        cells = _cells(group, "cohort", cohorts, lambda x: (
+        cells = _cells(group, "cohort", cohorts, lambda x: "= (the tune kept them)"
+                       if x.same_config_as_tuned else (
             "✓" if x.diff_ci_low >= GOAL else "~" if x.diff_vs_tuned >= GOAL else "✗")
             + f" {_delta(x)}")
         lines.append(f"| {loss} ({head}) | " + " | ".join(cells) + " |")
     return ("Test macro-F1, defaults − tuned (seed-paired, 95 % interval over test patients). "
             f"✓: the interval excludes a loss of more than {-GOAL:.2f}; ~: the mean is within "
             f"{-GOAL:.2f} but the interval is not; ✗: the mean misses by more than "
-            f"{-GOAL:.2f}.\n\n" + "\n".join(lines) + "\n")
+            f"{-GOAL:.2f}; =: the tune's best trial was the defaults themselves (its first "
+            "trial), so the two are one recipe.\n\n" + "\n".join(lines) + "\n")
 
 
 def screen_table(work: Path) -> str:

@@ -24,10 +24,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_defaults import add_study_paths, validation_f1  # noqa: E402
+from bench_defaults import add_study_paths, first_config, validation_f1  # noqa: E402
 
-from wsi_ncmi.formats.config import LOSS_LR, load_yaml, resolve_config  # noqa: E402
-from wsi_ncmi.formats.seedruns import is_multi_seed, seed_runs  # noqa: E402
+from wsi_ncmi.formats.config import LOSS_LR, resolve_config  # noqa: E402
+from wsi_ncmi.formats.seedruns import is_multi_seed  # noqa: E402
 from wsi_ncmi.model.losses import get_loss  # noqa: E402
 from wsi_ncmi.model.lossnames import LOSS_NAMES  # noqa: E402
 
@@ -35,11 +35,6 @@ from wsi_ncmi.model.lossnames import LOSS_NAMES  # noqa: E402
 COHORTS = ("c2_d64_w5", "c7_d256_w5", "real_c3_d1024")
 LRS = (1e-3, 3e-3, 1e-2)
 TIE = 0.01
-
-
-def first_config(run: Path) -> dict:
-    """A multi-seed run's first seed's resolved config."""
-    return load_yaml(next(iter(seed_runs(run).values())) / "config.yaml")
 
 
 def run_lr(run: Path) -> float:
