@@ -58,14 +58,20 @@ def defaults_but_lr(loss: str) -> dict:
 
 
 def validation_by_lr(work: Path, cohort: str, loss: str) -> dict[float, float]:
-    """lr → mean validation macro-F1 over seeds, for the runs of the defaults but the lr."""
-    out: dict[float, float] = {}
+    """lr → mean validation macro-F1 over seeds, for the runs of the defaults but the lr.
+    Several runs of one recipe (kept under different names) should agree, training being
+    deterministic; when they do not, they are named and their mean is used."""
+    found: dict[float, dict[str, float]] = {}
     want = defaults_but_lr(loss)
     for run in sorted((work / "runs" / cohort / loss).glob("*")):
         if (is_multi_seed(run) and recipe_but_lr(first_config(run)) == want
                 and (lr := run_lr(run)) in LRS):
-            out[lr] = validation_f1(run)
-    return out
+            found.setdefault(lr, {})[run.name] = validation_f1(run)
+    for lr, runs in found.items():
+        if max(runs.values()) - min(runs.values()) > 1e-9:
+            print(f"{cohort} {loss} lr {lr:g}: runs of one recipe disagree {runs}",
+                  file=sys.stderr)
+    return {lr: sum(runs.values()) / len(runs) for lr, runs in found.items()}
 
 
 def pick(means: dict[float, float]) -> float:

@@ -68,7 +68,8 @@ CANDIDATES: dict[str, dict] = {
     # the defaults (each loss at its own lr) with 4096 tiles per bag per step instead of 512:
     # on c2_d256_w1000 (witness rate 1 in 1000, median bag 3 100 tiles) a 512-tile draw of a
     # median class-1 bag holds no witness tile 60 % of the time
-    "cand_tiles4096": deep_merge(_T25, {"optim": {"lr": None, "max_tiles": 4096}}),
+    "cand_tiles4096": deep_merge(_T25, {"optim": {"lr": None, "max_tiles": 4096},
+                                        "loss": {"supcon": {"temperature": 0.5}}}),
     # the defaults before the per-loss lr (formats/config.LOSS_LR), under the name their runs
     # were kept by (the same recipe as cand_reg_t25)
     "defaults_lr1e3": _T25,

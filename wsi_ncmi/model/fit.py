@@ -162,7 +162,8 @@ def train_epoch(model: SlideModel, optimizer: torch.optim.Optimizer, ctx: FoldCo
 
 
 def predict_ids(model: SlideModel, ctx: FoldContext, ids: list[str]) -> dict:
-    """Eval-mode outputs (see :func:`forward_batches`) of all tiles of ``ids``' bags."""
+    """Eval-mode outputs (see :func:`~.inference.forward_bags`) of all tiles of ``ids``'
+    bags, in the order of ``ids``."""
     return forward_bags(model, ctx.source, ids, ctx.cfg["data"]["eval_batch_size"], ctx.device,
                         ctx.cfg["data"]["prefetch"])
 
