@@ -186,19 +186,23 @@ def test_loaded_fold_reproduces_the_training_embeddings(runs, cohort):
         run_model(loaded, features, ["nope"])
 
 
-def test_outputs_follow_the_given_order_whatever_the_bag_sizes(runs, cohort):
+@pytest.mark.parametrize("loss", ["ce", "ncmi"])
+def test_outputs_follow_the_given_order_whatever_the_bag_sizes(runs, cohort, loss):
     """Bags are batched by size (less padding); the outputs still come in the caller's order
-    and equal one bag at a time."""
+    (a repeated slide included) and equal one bag at a time."""
     features, _ = cohort
-    loaded = load_fold(runs["ce"] / "fold_0")
+    loaded = load_fold(runs[loss] / "fold_0")
     ids = sorted(p.stem for p in features.glob("*.h5"))[::-1][:12]
+    ids.insert(5, ids[0])
     assert len({inspect_bag(features / f"{s}.h5").n_tiles for s in ids}) > 3
     together = run_model(loaded, features, ids, batch_size=4)
     assert together["slide_id"] == ids
     for i, sid in enumerate(ids):
         alone = run_model(loaded, features, [sid], batch_size=1)
-        np.testing.assert_allclose(together["logits"][i], alone["logits"][0], rtol=1e-5,
-                                   atol=1e-6)
+        for key in ("z", "p", "logits", "z_tilde"):
+            if alone[key] is not None:
+                np.testing.assert_allclose(together[key][i], alone[key][0], rtol=1e-5,
+                                           atol=1e-6)
         np.testing.assert_allclose(together["attention"][i], alone["attention"][0],
                                    rtol=1e-5, atol=1e-7)
 
