@@ -205,16 +205,16 @@ def cohort_table(work: Path, cohort: str, losses: list[str], n_boot: int) -> pd.
                    if is_multi_seed(folder / r)]
         if "tuned" not in recipes or len(recipes) < 2:
             continue
+        configs = {r: first_config(folder / r) for r in recipes}
         for head in (own_head(loss), "linear_probe"):
             cmp_rows, pairs = compared([folder / r for r in recipes],
                                        work / "compare" / cohort / loss / head, head, n_boot)
             by_name = {r["run"]: r for r in cmp_rows}
             diffs = {p["b"]: p for p in pairs if p["a"] == "tuned"}
-            tuned_config = first_config(folder / "tuned")
             for recipe in recipes:
                 r = by_name[recipe]
                 d = diffs.get(recipe)
-                same = recipe != "tuned" and first_config(folder / recipe) == tuned_config
+                same = recipe != "tuned" and configs[recipe] == configs["tuned"]
                 rows.append({
                     "cohort": cohort, "loss": loss, "head": head, "recipe": recipe,
                     "n_seeds": r["n_seeds"], "val_macro_f1": validation_f1(folder / recipe),

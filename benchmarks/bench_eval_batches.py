@@ -16,30 +16,25 @@ the wall time of the pass, best of ``--repeats``, with its ratio.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
 import torch
 
-from wsi_ncmi.model.bags import CachedBagSource, inspect_bag, iter_batches, plan_batches
-from wsi_ncmi.model.inference import forward_bags, forward_batches
-from wsi_ncmi.model.slidemodel import build_model
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic_bags import write_synthetic_bags  # noqa: E402
 
-
-def write_bags(folder: Path, n: int, low: int, high: int, dim: int, seed: int) -> list[str]:
-    """``n`` feature files of log-uniform sizes in [low, high]; their slide ids."""
-    rng = np.random.default_rng(seed)
-    ids = []
-    for i in range(n):
-        tiles = int(round(np.exp(rng.uniform(np.log(low), np.log(high)))))
-        with h5py.File(folder / f"s{i:03d}.h5", "w") as f:
-            f["features"] = rng.standard_normal((tiles, dim)).astype(np.float16)
-            f["coords"] = np.zeros((tiles, 2), np.int64)
-        ids.append(f"s{i:03d}")
-    return ids
+from wsi_ncmi.model.bags import (  # noqa: E402
+    CachedBagSource,
+    by_tile_count,
+    inspect_bag,
+    iter_batches,
+    plan_batches,
+)
+from wsi_ncmi.model.inference import forward_bags, forward_batches  # noqa: E402
+from wsi_ncmi.model.slidemodel import build_model  # noqa: E402
 
 
 def padded_tiles(plans: list) -> int:
@@ -72,14 +67,16 @@ def main() -> None:
             "loss": "ce", "classes": ["a", "b"], "loss_settings": {}}
     model = build_model(meta).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        ids = write_bags(Path(tmp), args.slides, args.min_tiles, args.max_tiles, args.dim, 0)
+        ids = list(write_synthetic_bags(Path(tmp), 1, args.slides, args.dim,
+                                        tiles=(args.min_tiles, args.max_tiles),
+                                        log_sizes=True)["slide_id"])
         source = CachedBagSource({s: inspect_bag(Path(tmp) / f"{s}.h5") for s in ids})
     real = sum(info.n_tiles for info in source.infos.values())
     print(f"{args.slides} bags, {args.min_tiles}–{args.max_tiles} tiles (log-uniform), "
           f"{real} tiles, D={args.dim}, {args.threads} thread(s)")
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         by_order = plan_batches(source, ids, batch)
-        by_size = plan_batches(source, sorted(ids, key=lambda s: source.infos[s].n_tiles), batch)
+        by_size = plan_batches(source, [ids[i] for i in by_tile_count(source, ids)], batch)
         t_order = best_time(lambda p=by_order: forward_batches(model, iter_batches(source, p),
                                                                "cpu"), args.repeats)
         t_size = best_time(lambda b=batch: forward_bags(model, source, ids, b, "cpu"),

@@ -28,8 +28,8 @@ from bench_defaults import add_study_paths, first_config, validation_f1  # noqa:
 
 from wsi_ncmi.formats.config import LOSS_LR, resolve_config  # noqa: E402
 from wsi_ncmi.formats.seedruns import is_multi_seed  # noqa: E402
-from wsi_ncmi.model.losses import get_loss  # noqa: E402
 from wsi_ncmi.model.lossnames import LOSS_NAMES  # noqa: E402
+from wsi_ncmi.stages.train import resolved_loss_section  # noqa: E402
 
 #: the learnable cohorts (the two others are at chance for every recipe)
 COHORTS = ("c2_d64_w5", "c7_d256_w5", "real_c3_d1024")
@@ -52,8 +52,7 @@ def defaults_but_lr(loss: str) -> dict:
     """:func:`recipe_but_lr` of the code's defaults for ``loss``, its settings filled in as
     ``train`` writes them."""
     cfg = resolve_config({"loss": {"name": loss}}, LOSS_NAMES)
-    settings = get_loss(loss, 2, cfg["model"]["embed_dim"]).settings()
-    cfg["loss"][loss] = settings
+    cfg["loss"] = resolved_loss_section(cfg, 2)
     return recipe_but_lr(cfg)
 
 

@@ -160,6 +160,12 @@ def plan_batches(source: BagSource, order: Sequence[str], batch_size: int,
     return plans
 
 
+def by_tile_count(source: BagSource, order: Sequence[str]) -> list[int]:
+    """Positions of ``order``'s slides sorted by tile count (stable): batches planned in this
+    order hold bags of similar size, so little of a batch is padding."""
+    return sorted(range(len(order)), key=lambda i: source.infos[order[i]].n_tiles)
+
+
 def iter_batches(source: BagSource, plans: Sequence[Sequence[tuple[str, np.ndarray]]],
                  prefetch: int = 2) -> Iterator[BagBatch]:
     """Load planned batches in order. A streaming source reads its HDF5 files up to

@@ -17,7 +17,15 @@ import torch
 from ..errors import InputError
 from ..formats.featurefile import bag_path
 from ..formats.runfolder import META, WEIGHTS, read_fold
-from .bags import BagBatch, BagInfo, BagSource, inspect_bag, iter_batches, plan_batches
+from .bags import (
+    BagBatch,
+    BagInfo,
+    BagSource,
+    by_tile_count,
+    inspect_bag,
+    iter_batches,
+    plan_batches,
+)
 from .slidemodel import SlideModel, build_model
 
 
@@ -81,7 +89,7 @@ def forward_bags(model: SlideModel, source: BagSource, slide_ids: Sequence[str],
     ``slide_ids``. Batches hold bags of similar size (planned in order of tile count): a batch
     is padded to its longest bag, so slides of 200 and 20 000 tiles side by side would
     compute 100× the smaller one's tiles."""
-    by_size = sorted(range(len(slide_ids)), key=lambda i: source.infos[slide_ids[i]].n_tiles)
+    by_size = by_tile_count(source, slide_ids)
     plans = plan_batches(source, [slide_ids[i] for i in by_size], batch_size)
     out = forward_batches(model, iter_batches(source, plans, prefetch), device)
     back = np.argsort(np.array(by_size, dtype=np.int64))
