@@ -46,6 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from study_cohorts import COHORTS, cohort_task  # noqa: E402
 from study_recipes import CANDIDATES, OLD_DEFAULTS  # noqa: E402
+from study_tables import goal_table, markdown, screen_table, summary  # noqa: E402
 
 from wsi_ncmi.formats.config import deep_merge, load_yaml  # noqa: E402
 from wsi_ncmi.formats.seedruns import is_multi_seed, seed_runs  # noqa: E402
@@ -230,102 +231,6 @@ def cohort_table(work: Path, cohort: str, losses: list[str], n_boot: int) -> pd.
                     "same_config_as_tuned": same,
                 })
     return pd.DataFrame(rows)
-
-
-def _f(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None or pd.isna(x) else f"{x:.{digits}f}"
-
-
-def markdown(table: pd.DataFrame, cohort: str) -> str:
-    lines = [f"# {cohort}: defaults vs tuned", "", COHORTS[cohort].describe(), "",
-             "Test macro-F1 and AUC: mean over seeds [95 % interval over test slides]; "
-             "validation macro-F1: mean over seeds of the kept checkpoint's; Δ: recipe − "
-             "tuned, seed-paired [95 % interval].", "",
-             "| loss | head | recipe | seeds | val macro-F1 | test macro-F1 | test AUC | "
-             "Δ macro-F1 vs tuned |", "|---|---|---|---|---|---|---|---|"]
-    for r in table.itertuples():
-        delta = ("–" if r.diff_vs_tuned is None or pd.isna(r.diff_vs_tuned) else
-                 f"{r.diff_vs_tuned:+.3f} [{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}]"
-                 + (" (the tuned recipe itself)" if r.same_config_as_tuned else ""))
-        lines.append(f"| {r.loss} | {r.head} | {r.recipe} | {r.n_seeds} | "
-                     f"{_f(r.val_macro_f1)} | {_f(r.macro_f1)} [{_f(r.macro_f1_ci_low)}, "
-                     f"{_f(r.macro_f1_ci_high)}] | {_f(r.auc)} [{_f(r.auc_ci_low)}, "
-                     f"{_f(r.auc_ci_high)}] | {delta} |")
-    return "\n".join(lines) + "\n"
-
-
-def summary(tables: list[pd.DataFrame]) -> str:
-    """One line per cohort and loss (own head): each recipe's test macro-F1 and its Δ to
-    tuned."""
-    rows = pd.concat(tables)
-    rows = rows[rows["head"] != "linear_probe"]
-    recipes = [r for r in ("tuned", "old_defaults", "defaults", *CANDIDATES)
-               if r in set(rows["recipe"])]
-    head = ["cohort", "loss (head)", *(f"{r}" for r in recipes)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (cohort, loss), group in rows.groupby(["cohort", "loss"], sort=False):
-        cells = _cells(group, "recipe", recipes, lambda x: f"{x.macro_f1:.3f}" + (
-            "" if x.recipe == "tuned" else f" (Δ {_delta(x)})"))
-        lines.append(f"| {cohort} | {loss} ({group['head'].iloc[0]}) | " + " | ".join(cells)
-                     + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _cells(group: pd.DataFrame, column: str, keys: list[str], cell) -> list[str]:
-    """``cell(row)`` for the row of ``group`` whose ``column`` is each of ``keys``; – if none."""
-    by = dict(zip(group[column], group.itertuples(), strict=True))
-    return [cell(by[k]) if k in by else "–" for k in keys]
-
-
-def _delta(x) -> str:
-    return f"{x.diff_vs_tuned:+.3f} [{x.diff_ci_low:+.3f}, {x.diff_ci_high:+.3f}]"
-
-
-GOAL = -0.03  # issue #17: the defaults within 0.03 macro-F1 of the tuned optimum
-
-
-def goal_table(tables: list[pd.DataFrame]) -> str:
-    """Per loss and head (rows) and cohort (columns): the defaults' test macro-F1 minus the
-    tuned recipe's, seed-paired, with its interval, marked against :data:`GOAL`."""
-    rows = pd.concat(tables)
-    rows = rows[rows["recipe"] == "defaults"]
-    cohorts = list(dict.fromkeys(rows["cohort"]))
-    lines = ["| loss (head) | " + " | ".join(cohorts) + " |", "|" + "---|" * (1 + len(cohorts))]
-    for (loss, head), group in rows.groupby(["loss", "head"], sort=False):
-        cells = _cells(group, "cohort", cohorts, lambda x: "= (the tune kept them)"
-                       if x.same_config_as_tuned else (
-            "✓" if x.diff_ci_low >= GOAL else "~" if x.diff_vs_tuned >= GOAL else "✗")
-            + f" {_delta(x)}")
-        lines.append(f"| {loss} ({head}) | " + " | ".join(cells) + " |")
-    return ("Test macro-F1, defaults − tuned (seed-paired, 95 % interval over test patients). "
-            f"✓: the interval excludes a loss of more than {-GOAL:.2f}; ~: the mean is within "
-            f"{-GOAL:.2f} but the interval is not; ✗: the mean misses by more than "
-            f"{-GOAL:.2f}; =: the tune's best trial was the defaults themselves (its first "
-            "trial), so the two are one recipe.\n\n" + "\n".join(lines) + "\n")
-
-
-def screen_table(work: Path) -> str:
-    """The screen's validation macro-F1 per cohort × loss (rows) and recipe (columns), the
-    tune's best beside it, and per recipe the mean and the worst gap to the tune's best."""
-    rows = [json.loads(line) for line in (work / "screen.jsonl").read_text().splitlines()]
-    table = pd.DataFrame(rows).drop_duplicates(["cohort", "loss", "recipe"], keep="last")
-    table["gap"] = table["val_macro_f1"] - table["tuned_val_macro_f1"]
-    recipes = [r for r in ("defaults", *CANDIDATES) if r in set(table["recipe"])]
-    lines = ["| cohort | loss | tuned (best trial) | " + " | ".join(recipes) + " |",
-             "|" + "---|" * (3 + len(recipes))]
-    for (cohort, loss), group in table.groupby(["cohort", "loss"], sort=False):
-        by = group.set_index("recipe")
-        cells = [f"{by.loc[r, 'val_macro_f1']:.3f} ({by.loc[r, 'gap']:+.3f})"
-                 if r in by.index else "–" for r in recipes]
-        lines.append(f"| {cohort} | {loss} | {_f(group['tuned_val_macro_f1'].iloc[0])} | "
-                     + " | ".join(cells) + " |")
-    gaps = table.pivot(index=["cohort", "loss"], columns="recipe", values="gap")
-    lines.append("| mean gap | | | " + " | ".join(
-        f"{gaps[r].mean():+.3f} ({gaps[r].notna().sum()} cells)" for r in recipes) + " |")
-    lines.append("| worst gap | | | " + " | ".join(f"{gaps[r].min():+.3f}" for r in recipes)
-                 + " |")
-    return ("Validation macro-F1 of one seed (seed 0) per candidate recipe (gap to the tune's "
-            "best trial), the split's validation slides only.\n\n" + "\n".join(lines) + "\n")
 
 
 def write_tables(work: Path, results: Path, cohorts: list[str], losses: list[str],
