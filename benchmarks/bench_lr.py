@@ -7,7 +7,8 @@ defaults included — so a run made before a default changed no longer counts), 
 prints the validation macro-F1 (mean over 3 seeds of the kept checkpoint's) on each learnable
 cohort, its mean over them, and the lr the rule picks:
 
-    the lr with the highest mean validation macro-F1 over :data:`COHORTS`; an lr within
+    the lr with the highest mean validation macro-F1 over the learnable cohorts
+    (``study_cohorts.LEARNABLE``, or ``--cohorts``); an lr within
     :data:`TIE` of that best counts as tied, and of tied ones the smallest wins.
 
 The test split is not read. The table goes to ``--results/lr.md``; a loss whose pick differs
@@ -25,14 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_defaults import add_study_paths, first_config, validation_f1  # noqa: E402
+from study_cohorts import LEARNABLE  # noqa: E402
 
 from wsi_ncmi.formats.config import LOSS_LR, resolve_config  # noqa: E402
 from wsi_ncmi.formats.seedruns import is_multi_seed  # noqa: E402
 from wsi_ncmi.model.lossnames import LOSS_NAMES  # noqa: E402
 from wsi_ncmi.stages.train import resolved_loss_section  # noqa: E402
 
-#: the learnable cohorts (the two others are at chance for every recipe)
-COHORTS = ("c2_d64_w5", "c7_d256_w5", "real_c3_d1024")
 LRS = (1e-3, 3e-3, 1e-2)
 TIE = 0.01
 
@@ -79,16 +79,17 @@ def pick(means: dict[float, float]) -> float:
     return min(lr for lr, v in means.items() if v >= best - TIE)
 
 
-def lr_table(work: Path) -> tuple[str, list[str]]:
-    """The markdown table and the losses whose pick is not ``LOSS_LR``'s or that lack runs."""
+def lr_table(work: Path, cohorts: list[str]) -> tuple[str, list[str]]:
+    """The markdown table over ``cohorts`` and the losses whose pick is not ``LOSS_LR``'s or
+    that lack runs."""
     lines = ["| loss | " + " | ".join(f"lr {lr:g}" for lr in LRS) + " | pick | code |",
              "|---|" + "---|" * (len(LRS) + 2)]
     drift = []
     for loss in LOSS_NAMES:
-        per = {c: validation_by_lr(work, c, loss) for c in COHORTS}
-        complete = [lr for lr in LRS if all(lr in per[c] for c in COHORTS)]
-        means = {lr: sum(per[c][lr] for c in COHORTS) / len(COHORTS) for lr in complete}
-        cells = [", ".join(f"{per[c][lr]:.3f}" if lr in per[c] else "–" for c in COHORTS)
+        per = {c: validation_by_lr(work, c, loss) for c in cohorts}
+        complete = [lr for lr in LRS if all(lr in per[c] for c in cohorts)]
+        means = {lr: sum(per[c][lr] for c in cohorts) / len(cohorts) for lr in complete}
+        cells = [", ".join(f"{per[c][lr]:.3f}" if lr in per[c] else "–" for c in cohorts)
                  + (f" (**{means[lr]:.3f}**)" if lr in means else "") for lr in LRS]
         chosen = pick(means) if len(means) == len(LRS) else None
         if chosen is None:
@@ -103,14 +104,17 @@ def lr_table(work: Path) -> tuple[str, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cohorts", default=",".join(LEARNABLE))
+    parser.add_argument("--out", default="lr.md", help="file name under --results")
     add_study_paths(parser)
     args = parser.parse_args()
-    table, drift = lr_table(args.work)
+    cohorts = args.cohorts.split(",")
+    table, drift = lr_table(args.work, cohorts)
     header = (f"Validation macro-F1 (mean over 3 seeds) of the defaults at each lr on "
-              f"{', '.join(COHORTS)} (their mean in bold); pick: the smallest lr within {TIE} "
+              f"{', '.join(cohorts)} (their mean in bold); pick: the smallest lr within {TIE} "
               "of the best mean; code: `formats/config.LOSS_LR`.\n\n")
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "lr.md").write_text(header + table)
+    (args.results / args.out).write_text(header + table)
     print(header + table)
     if drift:
         print(f"not confirmed by the runs, LOSS_LR of: {', '.join(drift)}")

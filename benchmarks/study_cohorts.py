@@ -6,7 +6,9 @@ One slide per patient; the split is fixed per class as ``train``/``val``/``test`
 at least 10 validation slides per class, so that ``wsi-ncmi tune`` selects on the validation
 split itself (its ``min_val_patients``) and a run's best validation macro-F1 is the same
 quantity as a tune trial's value. Test splits are larger: they cost one evaluation per run,
-not one per epoch.
+not one per epoch. Three cohorts are at chance for every recipe (their Δs are noise); two of
+them have a twin with a stronger signal (``_s5``, ``_s6``: the witness shift in noise SDs),
+raised until training learns without saturating, which takes their place in the goal table.
 
 The ``real`` cohort is made from the project's heterogeneous slide generator (the demo preset:
 3 centres with their own µm/px, formats, pyramids and stains; 3 classes), tiled at 1 µm/px in
@@ -76,6 +78,8 @@ COHORTS: dict[str, SyntheticCohort | RealCohort] = {
     "real_c3_d1024": RealCohort(108, (0.4, 0.3, 0.3)),
 }
 
+#: the cohorts where training learns (the others are at chance for every recipe)
+LEARNABLE = ("c2_d64_w5", "c3_d1536_w10_s5", "c7_d256_w5", "c3_d128_w100_s6", "real_c3_d1024")
 #: chance-level cohorts (every recipe at chance on test: their Δs are noise) → the cohort that
 #: takes each one's place in the goal table
 SUPERSEDED = {"c3_d1536_w10": "c3_d1536_w10_s5", "c3_d128_w100": "c3_d128_w100_s6"}

@@ -70,6 +70,12 @@ CANDIDATES: dict[str, dict] = {
     # median class-1 bag holds no witness tile 60 % of the time
     "cand_tiles4096": deep_merge(_T25, {"optim": {"lr": None, "max_tiles": 4096},
                                         "loss": {"supcon": {"temperature": 0.5}}}),
+    # the defaults without early stopping (patience = epochs; the best validation epoch is
+    # still the one kept): on the two calibrated hard cohorts 9 of the 12 CE and NCMI
+    # default runs stopped early (at epoch 33–84: best epoch 3–54), 3 of them within 6 epochs
+    # of the start, while the tuned recipes trained on
+    "cand_nostop": deep_merge(_T25, {"optim": {"lr": None, "patience": 100},
+                                     "loss": {"supcon": {"temperature": 0.5}}}),
     # the defaults before the per-loss lr (formats/config.LOSS_LR), under the name their runs
     # were kept by (the same recipe as cand_reg_t25)
     "defaults_lr1e3": _T25,
