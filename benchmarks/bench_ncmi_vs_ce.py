@@ -20,7 +20,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_defaults import add_study_paths, compared  # noqa: E402
-from bench_lr import COHORTS, run_lr  # noqa: E402
+from bench_lr import run_lr  # noqa: E402
+from study_cohorts import LEARNABLE  # noqa: E402
 
 #: tuned; the defaults before the per-loss lr (1e-3 for both); the defaults (each its own lr)
 RECIPES = ("tuned", "defaults_lr1e3", "defaults")
@@ -76,7 +77,7 @@ def main() -> None:
              "NCMI / CE |", "|---|---|---|---|---|---|---|"]
     own = ["", "Own heads (NCMI centroid / CE classifier), test macro-F1, means over seeds:", "",
            "| cohort | " + " | ".join(RECIPES) + " |", "|---|" + "---|" * len(RECIPES)]
-    for cohort in COHORTS:
+    for cohort in LEARNABLE:
         for recipe in RECIPES:
             lines += pair_rows(args.work, cohort, recipe)
         own.append(f"| {cohort} | " + " | ".join(own_heads(args.work, cohort, r) or "–"
