@@ -64,15 +64,17 @@ class RealCohort:
                 "(seeded random weights, 1024-d)")
 
 
+_D1536 = SyntheticCohort(3, 1536, (20, 60), 0.1, 3.0, (24, 12, 30))
+_W100 = SyntheticCohort(3, 128, (200, 600), 0.01, 4.0, (14, 10, 20))
 COHORTS: dict[str, SyntheticCohort | RealCohort] = {
     "c2_d64_w5": SyntheticCohort(2, 64, (30, 90), 0.2, 2.0, (30, 12, 40)),
-    "c3_d1536_w10": SyntheticCohort(3, 1536, (20, 60), 0.1, 3.0, (24, 12, 30)),
+    "c3_d1536_w10": _D1536,
     # the chance-level cohorts' signals raised until one seed of the CE and NCMI defaults
     # learns, without saturating (validation macro-F1; docs/training.md): learnable but hard
-    "c3_d1536_w10_s5": SyntheticCohort(3, 1536, (20, 60), 0.1, 5.0, (24, 12, 30)),
+    "c3_d1536_w10_s5": replace(_D1536, signal=5.0),
     "c7_d256_w5": SyntheticCohort(7, 256, (30, 90), 0.2, 2.5, (16, 10, 20)),
-    "c3_d128_w100": SyntheticCohort(3, 128, (200, 600), 0.01, 4.0, (14, 10, 20)),
-    "c3_d128_w100_s6": SyntheticCohort(3, 128, (200, 600), 0.01, 6.0, (14, 10, 20)),
+    "c3_d128_w100": _W100,
+    "c3_d128_w100_s6": replace(_W100, signal=6.0),
     "c2_d256_w1000": SyntheticCohort(2, 256, (200, 20000), 0.001, 6.0, (24, 10, 20),
                                      log_sizes=True),
     "real_c3_d1024": RealCohort(108, (0.4, 0.3, 0.3)),
