@@ -28,6 +28,7 @@ rerun. ``--work`` holds the data and runs (not committed); ``--results`` the tab
     python benchmarks/bench_defaults.py all --trials 8 --seeds 0,1,2
     python benchmarks/bench_defaults.py screen --recipes cand_a,cand_b
     python benchmarks/bench_defaults.py runs --recipes defaults
+    python benchmarks/bench_defaults.py runs --recipes lr-study --losses ce,opl
     python benchmarks/bench_defaults.py table
 """
 
@@ -45,10 +46,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from study_cohorts import COHORTS, cohort_task  # noqa: E402
-from study_recipes import CANDIDATES, OLD_DEFAULTS  # noqa: E402
+from study_recipes import CANDIDATES, OLD_DEFAULTS, lr_recipes  # noqa: E402
 from study_tables import goal_table, markdown, screen_table, summary  # noqa: E402
 
-from wsi_ncmi.formats.config import deep_merge, load_yaml  # noqa: E402
+from wsi_ncmi.formats.config import LOSS_LR, deep_merge, load_yaml  # noqa: E402
 from wsi_ncmi.formats.seedruns import is_multi_seed, seed_runs  # noqa: E402
 from wsi_ncmi.stages.compare import compare_runs  # noqa: E402
 from wsi_ncmi.stages.multiseed import evaluate_seeds, train_seeds  # noqa: E402
@@ -126,6 +127,13 @@ def recipe_config(work: Path, cohort: str, loss: str, recipe: str) -> dict:
     if loss != "ncmi":
         recipe_cfg.get("loss", {}).pop("ncmi", None)
     return deep_merge(base, recipe_cfg)
+
+
+def loss_recipes(recipes: list[str], loss: str) -> list[str]:
+    """``recipes`` with ``lr-study`` replaced by the recipes of the lr study at the lrs other
+    than the loss's default (:func:`study_recipes.lr_recipes`, ``LOSS_LR``)."""
+    study = [r for lr, r in lr_recipes(loss).items() if lr != LOSS_LR[loss]]
+    return [x for r in recipes for x in (study if r == "lr-study" else [r])]
 
 
 def run_cell(work: Path, cohort: str, loss: str, recipe: str, seeds: list[int], n_boot: int,
@@ -266,7 +274,8 @@ def main() -> None:
     parser.add_argument("--cohorts", default=",".join(COHORTS))
     parser.add_argument("--losses", default="ncmi,ce")
     parser.add_argument("--recipes", default="old_defaults,tuned",
-                        help="recipes for `runs` / `screen` (comma-separated)")
+                        help="recipes for `runs` / `screen` (comma-separated; `lr-study`: "
+                        "the defaults at the lr study's other two lrs)")
     parser.add_argument("--trials", type=int, default=8, help="tune trials per loss")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds of `runs`")
     parser.add_argument("--n-boot", type=int, default=300)
@@ -289,10 +298,11 @@ def main() -> None:
             if args.step in ("tune", "all"):
                 tune_cell(args.work, cohort, loss, args.trials, timer)
             if args.step in ("runs", "all"):
-                for recipe in recipes:
+                for recipe in loss_recipes(recipes, loss):
                     run_cell(args.work, cohort, loss, recipe, seeds, args.n_boot, timer)
             if args.step == "screen":
-                rows = [screen_cell(args.work, cohort, loss, r, timer) for r in recipes]
+                rows = [screen_cell(args.work, cohort, loss, r, timer)
+                        for r in loss_recipes(recipes, loss)]
                 with (args.work / "screen.jsonl").open("a") as f:
                     f.writelines(json.dumps(r) + "\n" for r in rows)
     if args.step in ("table", "all"):

@@ -15,18 +15,26 @@ The test split is not read. The table goes to ``--results/lr.md``; a loss whose 
 from ``formats/config.LOSS_LR``, or that lacks runs at some lr, is named at the end, so the
 code and the study cannot drift apart unnoticed.
 
+After ``LOSS_LR`` changes, ``--adopt`` renames each ``defaults`` run that trained at the old lr
+to its lr's recipe (``study_recipes.lr_recipes``) and makes ``defaults`` a copy of the run at
+the new lr (the same resolved config, checked); what has no run at the new lr is named, to be
+trained with ``bench_defaults.py runs --recipes defaults``.
+
     python benchmarks/bench_lr.py
+    python benchmarks/bench_lr.py --adopt
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_defaults import add_study_paths, first_config, validation_f1  # noqa: E402
 from study_cohorts import LEARNABLE  # noqa: E402
+from study_recipes import lr_recipes  # noqa: E402
 
 from wsi_ncmi.formats.config import LOSS_LR, resolve_config  # noqa: E402
 from wsi_ncmi.formats.seedruns import is_multi_seed  # noqa: E402
@@ -102,12 +110,60 @@ def lr_table(work: Path, cohorts: list[str]) -> tuple[str, list[str]]:
     return "\n".join(lines) + "\n", drift
 
 
+def is_lr_study_run(run: Path, loss: str, lr: float) -> bool:
+    """Whether ``run`` is a finished multi-seed run of the defaults but the lr, at ``lr``."""
+    return (is_multi_seed(run) and (run / "eval" / "test" / "seeds.csv").is_file()
+            and recipe_but_lr(first_config(run)) == defaults_but_lr(loss)
+            and run_lr(run) == lr)
+
+
+def adopt_defaults(work: Path) -> list[str]:
+    """Per cohort and loss of ``work/runs``: a ``defaults`` run at an lr other than
+    ``LOSS_LR``'s is renamed to its lr's recipe (or removed, when that recipe's run is there
+    already with the same validation result: a copy); a missing ``defaults`` becomes a copy
+    of the run at ``LOSS_LR``'s lr. Returns the cohort/loss pairs that still need one."""
+    todo = []
+    for loss_dir in sorted(work.glob("runs/*/*")):
+        loss, old = loss_dir.name, loss_dir / "defaults"
+        if loss not in LOSS_LR:
+            continue
+        cell, lr = f"{loss_dir.parent.name}/{loss}", LOSS_LR[loss]
+        if is_multi_seed(old) and (was := run_lr(old)) != lr:
+            kept = loss_dir / lr_recipes(loss).get(was, "-")
+            if not is_lr_study_run(old, loss, was) or kept.name == "-":
+                print(f"{cell}: defaults are not the defaults but the lr; left as they are")
+                continue
+            if not is_multi_seed(kept):
+                old.rename(kept)
+            elif abs(validation_f1(kept) - validation_f1(old)) < 1e-9:
+                shutil.rmtree(old)
+            else:
+                print(f"{cell}: defaults and {kept.name} disagree; left as they are")
+                continue
+            print(f"{cell}: defaults at lr {was:g} kept as {kept.name}")
+        if is_multi_seed(old):
+            continue
+        new = loss_dir / lr_recipes(loss)[lr]
+        if is_lr_study_run(new, loss, lr):
+            shutil.copytree(new, old, copy_function=shutil.copy)
+            print(f"{cell}: defaults = a copy of {new.name}")
+        else:
+            todo.append(cell)
+            print(f"{cell}: no run at lr {lr:g}: train it (bench_defaults.py runs)")
+    return todo
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohorts", default=",".join(LEARNABLE))
     parser.add_argument("--out", default="lr.md", help="file name under --results")
+    parser.add_argument("--adopt", action="store_true",
+                        help="make each defaults run the run at LOSS_LR's lr (see above)")
     add_study_paths(parser)
     args = parser.parse_args()
+    if args.adopt:
+        adopt_defaults(args.work)
+        return
     cohorts = args.cohorts.split(",")
     table, drift = lr_table(args.work, cohorts)
     header = (f"Validation macro-F1 (mean over 3 seeds) of the defaults at each lr on "

@@ -80,3 +80,16 @@ CANDIDATES: dict[str, dict] = {
     # were kept by (the same recipe as cand_reg_t25)
     "defaults_lr1e3": _T25,
 }
+
+
+#: the lr study's recipes (``bench_lr.py``): the defaults but the lr, per lr; SupCon's keep
+#: its default τ 0.5, which the other candidates spell as the old 0.1
+_LR_RECIPES = {1e-3: "defaults_lr1e3", 3e-3: "cand_t25_lr3e3", 1e-2: "cand_t25_lr1e2"}
+_SUPCON_LR_RECIPES = {1e-3: "cand_supcon_t05", 3e-3: "cand_supcon_t05_lr3e3",
+                      1e-2: "cand_supcon_t05_lr1e2"}
+
+
+def lr_recipes(loss: str) -> dict[float, str]:
+    """lr → the recipe that trains ``loss`` with the code's defaults but that lr (the lr
+    study's 1e-3, 3e-3 and 1e-2)."""
+    return dict(_SUPCON_LR_RECIPES if loss == "supcon" else _LR_RECIPES)

@@ -334,8 +334,8 @@ def test_training_config_spells_out_the_code_defaults(name):
 
 def test_default_lr_is_the_losses_unless_the_config_sets_one():
     assert set(LOSS_LR) == set(LOSS_NAMES)
-    assert resolve_config({"loss": {"name": "ce"}})["optim"]["lr"] == 1e-2
-    assert resolve_config({"loss": {"name": "ncmi"}})["optim"]["lr"] == 3e-3
+    assert resolve_config({"loss": {"name": "ce"}})["optim"]["lr"] == 1e-3
+    assert resolve_config({"loss": {"name": "ncmi"}})["optim"]["lr"] == 1e-2
     unset = {"loss": {"name": "supcon"}, "optim": {"lr": None}}
     assert resolve_config(unset)["optim"]["lr"] == 1e-3
     assert resolve_config({"loss": {"name": "ce"}, "optim": {"lr": 3e-4}})["optim"]["lr"] == 3e-4
@@ -349,11 +349,11 @@ def test_another_losses_lr_is_kept_with_a_warning(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="wsi_ncmi.formats.config"):
         raw = load_config([run_config], {"loss": {"name": "ce"}})
     assert resolve_config(raw)["optim"]["lr"] == 0.003
-    assert "optim.lr 0.003 (loss ncmi); loss ce trains with it, not with its default 0.01" \
+    assert "optim.lr 0.003 (loss ncmi); loss ce trains with it, not with its default 0.001" \
         in caplog.text
     caplog.clear()
     assert resolve_config(load_config([REPO / "configs" / "train_ncmi.yaml"],
-                                      {"loss": {"name": "ce"}}))["optim"]["lr"] == 1e-2
+                                      {"loss": {"name": "ce"}}))["optim"]["lr"] == 1e-3
     assert not caplog.text
 
 

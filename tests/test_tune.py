@@ -147,9 +147,9 @@ def test_trials_table_plot_and_best_config(tuned):
 def test_the_first_trial_is_the_base_config_where_the_space_allows(tuned):
     trials = pd.read_csv(tuned["out"] / "trials.csv")
     first = trials.iloc[0]
-    # base.yaml: CE at its default lr 1e-2 and 2 epochs, both in the space; its dropout (the
-    # default 0.1) is not one of the space's choices, so the trial drew it
-    assert first["param:optim.lr"] == pytest.approx(1e-2, rel=1e-12)
+    # base.yaml: CE at its default lr 1e-3 (the space's low end) and 2 epochs, both in the
+    # space; its dropout (the default 0.1) is not one of the space's choices, so the trial drew it
+    assert first["param:optim.lr"] == pytest.approx(1e-3, rel=1e-12)
     assert first["param:optim.epochs"] == 2
     assert first["param:model.dropout"] in (0.0, 0.2)
     assert first["note"] == "the base config's values"
