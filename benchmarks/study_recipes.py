@@ -76,6 +76,11 @@ CANDIDATES: dict[str, dict] = {
     # of the start, while the tuned recipes trained on
     "cand_nostop": deep_merge(_T25, {"optim": {"lr": None, "patience": 100},
                                      "loss": {"supcon": {"temperature": 0.5}}}),
+    # the defaults (each loss at its own lr) with batch 4: twice the optimiser steps per epoch;
+    # the hard cohorts' tunes chose batch 4 or 175–200 epochs for CE, squentropy and label
+    # smoothing, and one lr per loss left 7 classes and the claims cohorts wanting more
+    "cand_b4": deep_merge(_T25, {"optim": {"lr": None, "batch_size": 4},
+                                 "loss": {"supcon": {"temperature": 0.5}}}),
     # the defaults before the per-loss lr (formats/config.LOSS_LR), under the name their runs
     # were kept by (the same recipe as cand_reg_t25)
     "defaults_lr1e3": _T25,
