@@ -81,6 +81,10 @@ CANDIDATES: dict[str, dict] = {
     # smoothing, and one lr per loss left 7 classes and the claims cohorts wanting more
     "cand_b4": deep_merge(_T25, {"optim": {"lr": None, "batch_size": 4},
                                  "loss": {"supcon": {"temperature": 0.5}}}),
+    # the defaults with 200 epochs (the cosine schedule stretched with them): what the hard
+    # cohorts' tunes chose besides batch 4
+    "cand_e200": deep_merge(_T25, {"optim": {"lr": None, "epochs": 200},
+                                   "loss": {"supcon": {"temperature": 0.5}}}),
     # the defaults before the per-loss lr (formats/config.LOSS_LR), under the name their runs
     # were kept by (the same recipe as cand_reg_t25)
     "defaults_lr1e3": _T25,
