@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_defaults import add_study_paths, first_config, validation_f1  # noqa: E402
 from study_cohorts import LEARNABLE  # noqa: E402
+from study_recipes import LR_STUDY as LRS  # noqa: E402
 from study_recipes import lr_recipes  # noqa: E402
 
 from wsi_ncmi.formats.config import LOSS_LR, resolve_config  # noqa: E402
@@ -41,7 +42,6 @@ from wsi_ncmi.formats.seedruns import is_multi_seed  # noqa: E402
 from wsi_ncmi.model.lossnames import LOSS_NAMES  # noqa: E402
 from wsi_ncmi.stages.train import resolved_loss_section  # noqa: E402
 
-LRS = (1e-3, 3e-3, 1e-2)
 TIE = 0.01
 
 
@@ -64,6 +64,15 @@ def defaults_but_lr(loss: str) -> dict:
     return recipe_but_lr(cfg)
 
 
+def study_lr(run: Path, want: dict) -> float | None:
+    """The lr of ``run`` when it is a multi-seed run of the recipe ``want`` (a
+    :func:`defaults_but_lr`) at one of :data:`LRS`, else None."""
+    if is_multi_seed(run) and recipe_but_lr(first_config(run)) == want:
+        lr = run_lr(run)
+        return lr if lr in LRS else None
+    return None
+
+
 def validation_by_lr(work: Path, cohort: str, loss: str) -> dict[float, float]:
     """lr → mean validation macro-F1 over seeds, for the runs of the defaults but the lr.
     Several runs of one recipe (kept under different names) should agree, training being
@@ -71,8 +80,7 @@ def validation_by_lr(work: Path, cohort: str, loss: str) -> dict[float, float]:
     found: dict[float, dict[str, float]] = {}
     want = defaults_but_lr(loss)
     for run in sorted((work / "runs" / cohort / loss).glob("*")):
-        if (is_multi_seed(run) and recipe_but_lr(first_config(run)) == want
-                and (lr := run_lr(run)) in LRS):
+        if (lr := study_lr(run, want)) is not None:
             found.setdefault(lr, {})[run.name] = validation_f1(run)
     for lr, runs in found.items():
         if max(runs.values()) - min(runs.values()) > 1e-9:
@@ -110,11 +118,9 @@ def lr_table(work: Path, cohorts: list[str]) -> tuple[str, list[str]]:
     return "\n".join(lines) + "\n", drift
 
 
-def is_lr_study_run(run: Path, loss: str, lr: float) -> bool:
-    """Whether ``run`` is a finished multi-seed run of the defaults but the lr, at ``lr``."""
-    return (is_multi_seed(run) and (run / "eval" / "test" / "seeds.csv").is_file()
-            and recipe_but_lr(first_config(run)) == defaults_but_lr(loss)
-            and run_lr(run) == lr)
+def is_evaluated(run: Path) -> bool:
+    """Whether a multi-seed run has its test evaluation (what the study's tables read)."""
+    return (run / "eval" / "test" / "seeds.csv").is_file()
 
 
 def adopt_defaults(work: Path) -> list[str]:
@@ -127,12 +133,12 @@ def adopt_defaults(work: Path) -> list[str]:
         loss, old = loss_dir.name, loss_dir / "defaults"
         if loss not in LOSS_LR:
             continue
-        cell, lr = f"{loss_dir.parent.name}/{loss}", LOSS_LR[loss]
+        cell, lr, want = f"{loss_dir.parent.name}/{loss}", LOSS_LR[loss], defaults_but_lr(loss)
         if is_multi_seed(old) and (was := run_lr(old)) != lr:
-            kept = loss_dir / lr_recipes(loss).get(was, "-")
-            if not is_lr_study_run(old, loss, was) or kept.name == "-":
+            if study_lr(old, want) != was or not is_evaluated(old):
                 print(f"{cell}: defaults are not the defaults but the lr; left as they are")
                 continue
+            kept = loss_dir / lr_recipes(loss)[was]
             if not is_multi_seed(kept):
                 old.rename(kept)
             elif abs(validation_f1(kept) - validation_f1(old)) < 1e-9:
@@ -144,7 +150,7 @@ def adopt_defaults(work: Path) -> list[str]:
         if is_multi_seed(old):
             continue
         new = loss_dir / lr_recipes(loss)[lr]
-        if is_lr_study_run(new, loss, lr):
+        if study_lr(new, want) == lr and is_evaluated(new):
             shutil.copytree(new, old, copy_function=shutil.copy)
             print(f"{cell}: defaults = a copy of {new.name}")
         else:

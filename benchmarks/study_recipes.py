@@ -24,6 +24,9 @@ _OLD_KEPT = {"model": {"dropout": 0.0}, "optim": {"weight_decay": 1e-4},
 _REG = deep_merge(_OLD_KEPT, {"model": {"dropout": 0.1}, "optim": {
     "lr": 1e-3, "weight_decay": 1e-3, "epochs": 100, "max_tiles": 512}})
 _T25 = deep_merge(_REG, {"loss": {"ncmi": {"temperature": 0.25}}})
+#: the code's defaults spelled out as they are since SupCon's τ 0.5, the lr left to the loss
+#: (``LOSS_LR``): the base of the candidates that change one thing of the per-loss defaults
+_DEFAULTS = deep_merge(_T25, {"optim": {"lr": None}, "loss": {"supcon": {"temperature": 0.5}}})
 #: candidate default recipes, screened on validation (``screen``); chosen from the tunes
 CANDIDATES: dict[str, dict] = {
     "cand_lr5e4": deep_merge(_OLD_KEPT, {"optim": {"lr": 5e-4, "epochs": 100, "max_tiles": 512}}),
@@ -68,37 +71,34 @@ CANDIDATES: dict[str, dict] = {
     # the defaults (each loss at its own lr) with 4096 tiles per bag per step instead of 512:
     # on c2_d256_w1000 (witness rate 1 in 1000, median bag 3 100 tiles) a 512-tile draw of a
     # median class-1 bag holds no witness tile 60 % of the time
-    "cand_tiles4096": deep_merge(_T25, {"optim": {"lr": None, "max_tiles": 4096},
-                                        "loss": {"supcon": {"temperature": 0.5}}}),
+    "cand_tiles4096": deep_merge(_DEFAULTS, {"optim": {"max_tiles": 4096}}),
     # the defaults without early stopping (patience = epochs; the best validation epoch is
     # still the one kept): on the two calibrated hard cohorts 9 of the 12 CE and NCMI
     # default runs stopped early (at epoch 33–84: best epoch 3–54), 3 of them within 6 epochs
     # of the start, while the tuned recipes trained on
-    "cand_nostop": deep_merge(_T25, {"optim": {"lr": None, "patience": 100},
-                                     "loss": {"supcon": {"temperature": 0.5}}}),
+    "cand_nostop": deep_merge(_DEFAULTS, {"optim": {"patience": 100}}),
     # the defaults (each loss at its own lr) with batch 4: twice the optimiser steps per epoch;
     # the hard cohorts' tunes chose batch 4 or 175–200 epochs for CE, squentropy and label
     # smoothing, and one lr per loss left 7 classes and the claims cohorts wanting more
-    "cand_b4": deep_merge(_T25, {"optim": {"lr": None, "batch_size": 4},
-                                 "loss": {"supcon": {"temperature": 0.5}}}),
+    "cand_b4": deep_merge(_DEFAULTS, {"optim": {"batch_size": 4}}),
     # the defaults with 200 epochs (the cosine schedule stretched with them): what the hard
     # cohorts' tunes chose besides batch 4
-    "cand_e200": deep_merge(_T25, {"optim": {"lr": None, "epochs": 200},
-                                   "loss": {"supcon": {"temperature": 0.5}}}),
+    "cand_e200": deep_merge(_DEFAULTS, {"optim": {"epochs": 200}}),
     # the defaults before the per-loss lr (formats/config.LOSS_LR), under the name their runs
     # were kept by (the same recipe as cand_reg_t25)
     "defaults_lr1e3": _T25,
 }
 
 
-#: the lr study's recipes (``bench_lr.py``): the defaults but the lr, per lr; SupCon's keep
-#: its default τ 0.5, which the other candidates spell as the old 0.1
-_LR_RECIPES = {1e-3: "defaults_lr1e3", 3e-3: "cand_t25_lr3e3", 1e-2: "cand_t25_lr1e2"}
-_SUPCON_LR_RECIPES = {1e-3: "cand_supcon_t05", 3e-3: "cand_supcon_t05_lr3e3",
-                      1e-2: "cand_supcon_t05_lr1e2"}
+#: the lrs of the lr study (``bench_lr.py``), and per lr the recipe of the defaults but the lr;
+#: SupCon's keep its default τ 0.5, which the other candidates spell as the old 0.1
+LR_STUDY = (1e-3, 3e-3, 1e-2)
+_LR_RECIPES = ("defaults_lr1e3", "cand_t25_lr3e3", "cand_t25_lr1e2")
+_SUPCON_LR_RECIPES = ("cand_supcon_t05", "cand_supcon_t05_lr3e3", "cand_supcon_t05_lr1e2")
 
 
 def lr_recipes(loss: str) -> dict[float, str]:
-    """lr → the recipe that trains ``loss`` with the code's defaults but that lr (the lr
-    study's 1e-3, 3e-3 and 1e-2)."""
-    return dict(_SUPCON_LR_RECIPES if loss == "supcon" else _LR_RECIPES)
+    """lr of :data:`LR_STUDY` → the recipe that trains ``loss`` with the code's defaults but
+    that lr."""
+    return dict(zip(LR_STUDY, _SUPCON_LR_RECIPES if loss == "supcon" else _LR_RECIPES,
+                    strict=True))
