@@ -1,11 +1,13 @@
-"""The default learning rate per loss: the defaults study's runs at lr 1e-3, 3e-3 and 1e-2.
+"""The learning rate per loss: the defaults study's runs at lr 1e-3, 3e-3 and 1e-2.
 
 Reads the multi-seed runs of ``bench_defaults.py`` (``--work``) whose recipe is the code's
 current defaults but for the lr, at one of :data:`LRS` (model, optimiser and loss settings of
 the run's first ``config.yaml`` against the defaults resolved now, the loss's constructor
 defaults included — so a run made before a default changed no longer counts), and per loss
 prints the validation macro-F1 (mean over 3 seeds of the kept checkpoint's) on each learnable
-cohort, its mean over them, and the lr the rule picks:
+cohort, its mean over them, and the lr the rule picks (the loss's single default,
+``formats/config.LOSS_LR``: what ``lr: null`` trains at, what ``tune`` starts from and where
+``lr: auto`` breaks exact ties):
 
     the lr with the highest mean validation macro-F1 over the learnable cohorts
     (``study_cohorts.LEARNABLE``, or ``--cohorts``); an lr within
@@ -15,21 +17,29 @@ The test split is not read. The table goes to ``--results/lr.md``; a loss whose 
 from ``formats/config.LOSS_LR``, or that lacks runs at some lr, is named at the end, so the
 code and the study cannot drift apart unnoticed.
 
-After ``LOSS_LR`` changes, ``--adopt`` renames each ``defaults`` run that trained at the old lr
-to its lr's recipe (``study_recipes.lr_recipes``) and makes ``defaults`` a copy of the run at
-the new lr (the same resolved config, checked); what has no run at the new lr is named, to be
-trained with ``bench_defaults.py runs --recipes defaults``.
+The code's defaults train with ``lr: auto``: per fold, each lr of the grid, the best on
+validation kept (``wsi_ncmi/model/lrchoice.py``). Training being deterministic, ``--auto``
+assembles each cohort's and loss's ``defaults`` run from these runs instead of training them
+again: per seed the package's own rule picks the lr, the kept run is copied with the
+``model.json`` and ``config.yaml`` train would write, and the assembly is evaluated on test
+(``assembled.json`` in the run says so). A ``defaults`` run at one lr (before ``lr: auto``) is
+kept under its lr's recipe (``study_recipes.lr_recipes``); cells without a run at every lr are
+named, to be trained with ``bench_defaults.py runs --recipes lr-study`` (or ``defaults``,
+which trains ``lr: auto`` for real).
 
     python benchmarks/bench_lr.py
-    python benchmarks/bench_lr.py --adopt
+    python benchmarks/bench_lr.py --auto
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_defaults import add_study_paths, first_config, validation_f1  # noqa: E402
@@ -37,22 +47,28 @@ from study_cohorts import LEARNABLE  # noqa: E402
 from study_recipes import LR_STUDY as LRS  # noqa: E402
 from study_recipes import lr_recipes  # noqa: E402
 
-from wsi_ncmi.formats.config import LOSS_LR, resolve_config  # noqa: E402
-from wsi_ncmi.formats.seedruns import is_multi_seed  # noqa: E402
+from wsi_ncmi.formats.config import LOSS_LR, LR_GRID, load_yaml, resolve_config  # noqa: E402
+from wsi_ncmi.formats.runfolder import read_splits  # noqa: E402
+from wsi_ncmi.formats.seedruns import (  # noqa: E402
+    SEEDS,
+    is_multi_seed,
+    seed_dir,
+    seed_runs,
+    write_seed_index,
+)
+from wsi_ncmi.model.fit import FoldContext, TrainedFold  # noqa: E402
 from wsi_ncmi.model.lossnames import LOSS_NAMES  # noqa: E402
+from wsi_ncmi.model.lrchoice import fit_fold  # noqa: E402
+from wsi_ncmi.stages.multiseed import evaluate_seeds  # noqa: E402
 from wsi_ncmi.stages.train import resolved_loss_section  # noqa: E402
 
 TIE = 0.01
 
 
-def run_lr(run: Path) -> float:
-    """The lr a multi-seed run trained with."""
-    return float(first_config(run)["optim"]["lr"])
-
-
 def recipe_but_lr(config: dict) -> dict:
-    """What the lr study holds fixed: the model, the optimiser but its lr, the loss settings."""
-    optim = {k: v for k, v in config["optim"].items() if k != "lr"}
+    """What the lr study holds fixed: the model, the optimiser but its lr (and the grid of
+    ``lr: auto``), the loss settings."""
+    optim = {k: v for k, v in config["optim"].items() if k not in ("lr", "lr_grid")}
     return {"model": config["model"], "optim": optim, "loss": config["loss"]}
 
 
@@ -68,7 +84,7 @@ def study_lr(run: Path, want: dict) -> float | None:
     """The lr of ``run`` when it is a multi-seed run of the recipe ``want`` (a
     :func:`defaults_but_lr`) at one of :data:`LRS`, else None."""
     if is_multi_seed(run) and recipe_but_lr(first_config(run)) == want:
-        lr = run_lr(run)
+        lr = first_config(run)["optim"]["lr"]
         return lr if lr in LRS else None
     return None
 
@@ -123,22 +139,53 @@ def is_evaluated(run: Path) -> bool:
     return (run / "eval" / "test" / "seeds.csv").is_file()
 
 
-def adopt_defaults(work: Path) -> list[str]:
-    """Per cohort and loss of ``work/runs``: a ``defaults`` run at an lr other than
-    ``LOSS_LR``'s is renamed to its lr's recipe (or removed, when that recipe's run is there
-    already with the same validation result: a copy); a missing ``defaults`` becomes a copy
-    of the run at ``LOSS_LR``'s lr. Returns the cohort/loss pairs that still need one."""
+def _read_trained(run: Path) -> TrainedFold:
+    """The kept checkpoint's ``model.json`` of a one-fold run, as the result of a training."""
+    meta = json.loads((run / "fold_0" / "model.json").read_text())
+    return TrainedFold(model=None, meta=meta, history=[], embeddings={})
+
+
+def auto_seed(runs: dict[float, Path], out: Path) -> float:
+    """Write ``out``, the seed run ``lr: auto`` trains, from the runs of that seed at each lr of
+    :data:`LRS` (``runs``: lr → seed run; training is deterministic, so each is what auto's
+    training at that lr gives): the lr is chosen by the package's own rule
+    (:func:`~wsi_ncmi.model.lrchoice.fit_fold`, fed the runs' results), the kept run is copied
+    and its ``model.json`` and ``config.yaml`` say ``lr``, ``lr_search`` and ``lr: auto`` as
+    train writes them. Returns the kept lr."""
+    cfg = load_yaml(runs[LRS[0]] / "config.yaml")
+    cfg["optim"].update(lr="auto", lr_grid=list(LRS))
+    ctx = FoldContext(cfg=cfg, source=None, labels={}, n_classes=0, device=None)
+    fold = read_splits(runs[LRS[0]])["folds"]
+    if len(fold) != 1:
+        raise SystemExit(f"{runs[LRS[0]]}: the study's runs have one fold")
+
+    def trained_at(ctx: FoldContext, *_: object) -> TrainedFold:
+        return _read_trained(runs[ctx.cfg["optim"]["lr"]])
+
+    kept = fit_fold(ctx, fold[0], [], 0, "", train=trained_at)
+    shutil.copytree(runs[kept.meta["lr"]], out, copy_function=shutil.copy)
+    (out / "fold_0" / "model.json").write_text(json.dumps(kept.meta, indent=2))
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return kept.meta["lr"]
+
+
+def assemble_auto(work: Path) -> list[str]:
+    """Per cohort and loss of ``work/runs``: ``defaults`` (the code's defaults, ``lr: auto``)
+    assembled seed by seed from the lr study's runs (:func:`auto_seed`), then evaluated on
+    test. A ``defaults`` run at one lr (the defaults before ``lr: auto``) is first kept under
+    its lr's recipe (or removed, when that recipe's run is there with the same validation
+    result: a copy). Returns the cohort/loss pairs that lack a run at some lr."""
+    if tuple(LR_GRID) != LRS:
+        raise SystemExit(f"the code's lr grid {LR_GRID} is not the study's lrs {LRS}")
     todo = []
     for loss_dir in sorted(work.glob("runs/*/*")):
         loss, old = loss_dir.name, loss_dir / "defaults"
         if loss not in LOSS_LR:
             continue
-        cell, lr, want = f"{loss_dir.parent.name}/{loss}", LOSS_LR[loss], defaults_but_lr(loss)
-        if is_multi_seed(old) and (was := run_lr(old)) != lr:
-            if study_lr(old, want) != was or not is_evaluated(old):
-                print(f"{cell}: defaults are not the defaults but the lr; left as they are")
-                continue
-            kept = loss_dir / lr_recipes(loss)[was]
+        cell, want, names = f"{loss_dir.parent.name}/{loss}", defaults_but_lr(loss), \
+            lr_recipes(loss)
+        if is_multi_seed(old) and (was := study_lr(old, want)) is not None:
+            kept = loss_dir / names[was]
             if not is_multi_seed(kept):
                 old.rename(kept)
             elif abs(validation_f1(kept) - validation_f1(old)) < 1e-9:
@@ -149,13 +196,25 @@ def adopt_defaults(work: Path) -> list[str]:
             print(f"{cell}: defaults at lr {was:g} kept as {kept.name}")
         if is_multi_seed(old):
             continue
-        new = loss_dir / lr_recipes(loss)[lr]
-        if study_lr(new, want) == lr and is_evaluated(new):
-            shutil.copytree(new, old, copy_function=shutil.copy)
-            print(f"{cell}: defaults = a copy of {new.name}")
-        else:
+        runs = {lr: loss_dir / names[lr] for lr in LRS}
+        if not all(study_lr(r, want) == lr and is_evaluated(r) for lr, r in runs.items()):
             todo.append(cell)
-            print(f"{cell}: no run at lr {lr:g}: train it (bench_defaults.py runs)")
+            print(f"{cell}: no run at some lr of {LRS}: train them (bench_defaults.py runs)")
+            continue
+        seeds = [set(seed_runs(r)) for r in runs.values()]
+        common = sorted(set.intersection(*seeds))
+        tmp = loss_dir / "defaults.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        picks = {s: auto_seed({lr: seed_runs(r)[s] for lr, r in runs.items()},
+                              seed_dir(tmp, s)) for s in common}
+        write_seed_index(tmp, common, json.loads((runs[LRS[0]] / SEEDS).read_text())
+                         ["split_seed"])
+        (tmp / "assembled.json").write_text(json.dumps({
+            "what": "lr: auto assembled from the lr study's runs (bench_lr.py --auto)",
+            "kept_lr": picks, "from": {str(lr): r.name for lr, r in runs.items()}}, indent=2))
+        evaluate_seeds(tmp, "test", n_boot=1000, seed=0, device="cpu")
+        tmp.rename(old)
+        print(f"{cell}: defaults = lr auto, kept lr per seed {picks}")
     return todo
 
 
@@ -163,12 +222,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohorts", default=",".join(LEARNABLE))
     parser.add_argument("--out", default="lr.md", help="file name under --results")
-    parser.add_argument("--adopt", action="store_true",
-                        help="make each defaults run the run at LOSS_LR's lr (see above)")
+    parser.add_argument("--auto", action="store_true",
+                        help="assemble each defaults run (lr: auto) from the lr runs (above)")
     add_study_paths(parser)
     args = parser.parse_args()
-    if args.adopt:
-        adopt_defaults(args.work)
+    if args.auto:
+        assemble_auto(args.work)
         return
     cohorts = args.cohorts.split(",")
     table, drift = lr_table(args.work, cohorts)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
 from wsi_ncmi.errors import InputError
-from wsi_ncmi.formats.config import LOSS_LR, load_config, resolve_config
+from wsi_ncmi.formats.config import LOSS_LR, load_config, resolve_config, single_lr
 from wsi_ncmi.model.losses import get_loss
 from wsi_ncmi.model.losses.opl import orthogonal_projection
 from wsi_ncmi.model.losses.square import rescaled_square
@@ -332,15 +332,21 @@ def test_training_config_spells_out_the_code_defaults(name):
     assert spelled["model"] == default["model"]
 
 
-def test_default_lr_is_the_losses_unless_the_config_sets_one():
+def test_default_lr_is_chosen_on_validation_unless_the_config_sets_one():
     assert set(LOSS_LR) == set(LOSS_NAMES)
-    assert resolve_config({"loss": {"name": "ce"}})["optim"]["lr"] == 1e-3
-    assert resolve_config({"loss": {"name": "ncmi"}})["optim"]["lr"] == 1e-2
+    default = resolve_config({"loss": {"name": "ce"}})["optim"]
+    assert default["lr"] == "auto" and default["lr_grid"] == [1e-3, 3e-3, 1e-2]
+    assert single_lr(resolve_config({"loss": {"name": "ncmi"}})) == 1e-2
     unset = {"loss": {"name": "supcon"}, "optim": {"lr": None}}
     assert resolve_config(unset)["optim"]["lr"] == 1e-3
+    assert resolve_config({"loss": {"name": "ncmi"}, "optim": {"lr": None}})["optim"]["lr"] == 1e-2
     assert resolve_config({"loss": {"name": "ce"}, "optim": {"lr": 3e-4}})["optim"]["lr"] == 3e-4
-    with pytest.raises(InputError, match="optim.lr must be > 0"):
-        resolve_config({"loss": {"name": "ce"}, "optim": {"lr": 0}})
+    for bad in (0, "fast"):
+        with pytest.raises(InputError, match="optim.lr must be > 0, null or auto"):
+            resolve_config({"loss": {"name": "ce"}, "optim": {"lr": bad}})
+    for grid in ([], [1e-3, 1e-3], [1e-3, -1.0], 1e-3):
+        with pytest.raises(InputError, match="optim.lr_grid must be a list of distinct lrs"):
+            resolve_config({"optim": {"lr_grid": grid}})
 
 
 def test_another_losses_lr_is_kept_with_a_warning(tmp_path, caplog):
@@ -353,7 +359,7 @@ def test_another_losses_lr_is_kept_with_a_warning(tmp_path, caplog):
         in caplog.text
     caplog.clear()
     assert resolve_config(load_config([REPO / "configs" / "train_ncmi.yaml"],
-                                      {"loss": {"name": "ce"}}))["optim"]["lr"] == 1e-3
+                                      {"loss": {"name": "ce"}}))["optim"]["lr"] == "auto"
     assert not caplog.text
 
 

@@ -13,24 +13,25 @@ Sections (a cohort config holds ``task`` + ``split``; a training config the rest
 - ``loss``: ``name`` plus one optional sub-section per loss holding its settings, e.g.
   ``loss: {name: ncmi, ncmi: {temperature: 0.1}, cmi_ce: {cmi_weight: 0.5}}``; only the chosen
   loss's settings are used, and the resolved config keeps only those, with every default.
-- ``optim``: ``name`` (adamw | sgd), ``lr`` (null = the loss's default, :data:`LOSS_LR`),
-  ``weight_decay``, ``momentum`` (sgd), ``epochs``,
-  ``batch_size`` (bags per step), ``max_tiles`` (tiles per bag in training; null = all),
-  ``balanced_sampling``, ``schedule`` (cosine | constant), ``min_lr_ratio``, ``patience``
-  (epochs without a better validation macro-F1 before stopping), ``grad_clip`` (max gradient
-  L2 norm or null).
+- ``optim``: ``name`` (adamw | sgd), ``lr`` (``auto`` = chosen per fold on the validation
+  slides from ``lr_grid``, see :mod:`wsi_ncmi.model.lrchoice`; null = the loss's single
+  default, :data:`LOSS_LR`; or a number), ``lr_grid`` (the lrs ``auto`` tries),
+  ``weight_decay``, ``momentum`` (sgd), ``epochs``, ``batch_size`` (bags per step),
+  ``max_tiles`` (tiles per bag in training; null = all), ``balanced_sampling``, ``schedule``
+  (cosine | constant), ``min_lr_ratio``, ``patience`` (epochs without a better validation
+  macro-F1 before stopping), ``grad_clip`` (max gradient L2 norm or null).
 - ``data``: ``cache_max_gb`` (float16 in-memory cache budget, GB), ``prefetch`` (batches read
   ahead when streaming), ``eval_batch_size``; ``features_dir`` and ``manifest`` are recorded
   by ``train`` (the paths it was given), so ``eval`` can find them.
 - ``device``: ``auto`` (CUDA when available) | ``cpu`` | ``cuda`` | ``cuda:N``.
 - ``seed``: integer.
 
-The training defaults (dropout 0.1, AdamW with the loss's lr (:data:`LOSS_LR`) and weight
-decay 1e-3, 100 epochs of a cosine schedule with early stopping after 30 epochs without a
-better validation macro-F1, 8 bags per step, 512 tiles per bag in training) were chosen on
-validation splits against per-cohort tuned recipes (``benchmarks/bench_defaults.py``,
-docs/training.md); those of wsi-ncmi ≤ 0.1 (lr 2e-4, 50 epochs, 4096 tiles, no dropout)
-underfit.
+The training defaults (dropout 0.1, AdamW with the lr of 1e-3, 3e-3 and 1e-2 that scores best
+on the fold's validation slides (``lr: auto``) and weight decay 1e-3, 100 epochs of a cosine
+schedule with early stopping after 30 epochs without a better validation macro-F1, 8 bags per
+step, 512 tiles per bag in training) were chosen on validation splits against per-cohort tuned
+recipes (``benchmarks/bench_defaults.py``, docs/training.md); those of wsi-ncmi ≤ 0.1 (lr 2e-4,
+50 epochs, 4096 tiles, no dropout) underfit.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ LOSS_LR: dict[str, float] = {"ce": 1e-3, "focal": 1e-3, "label_smoothing": 1e-3,
                              "ncmi": 1e-2}
 #: ``optim.lr`` of a loss missing from :data:`LOSS_LR`
 FALLBACK_LR = 1e-3
+#: ``optim.lr`` meaning "choose from ``optim.lr_grid`` on each fold's validation slides"
+AUTO_LR = "auto"
+#: the lrs ``optim.lr: auto`` tries: the defaults study's three (docs/training.md)
+LR_GRID = [1e-3, 3e-3, 1e-2]
 
 DEFAULTS: dict[str, Any] = {
     "task": {"name": None, "label_column": "label", "classes": None, "label_map": {}},
@@ -64,8 +69,9 @@ DEFAULTS: dict[str, Any] = {
               "val_fraction": 0.2, "seed": None},
     "model": {"embed_dim": 128, "attn_dim": 128, "dropout": 0.1},
     "loss": {"name": "ncmi"},
-    "optim": {"name": "adamw", "lr": None, "weight_decay": 1e-3, "momentum": 0.9,
-              "epochs": 100, "batch_size": 8, "max_tiles": 512, "balanced_sampling": False,
+    "optim": {"name": "adamw", "lr": AUTO_LR, "lr_grid": LR_GRID, "weight_decay": 1e-3,
+              "momentum": 0.9, "epochs": 100, "batch_size": 8, "max_tiles": 512,
+              "balanced_sampling": False,
               "schedule": "cosine", "min_lr_ratio": 0.0, "patience": 30, "grad_clip": None},
     "data": {"cache_max_gb": 8.0, "prefetch": 2, "eval_batch_size": 4, "features_dir": None,
              "manifest": None},
@@ -118,7 +124,7 @@ def _warn_lr_of_another_loss(files: dict, out: dict) -> None:
     another ``--loss`` it keeps that lr, not the new loss's default: say so."""
     old, new = _setting(files, "loss", "name"), _setting(out, "loss", "name")
     lr = _setting(files, "optim", "lr")
-    if old is not None and new != old and lr is not None:
+    if old is not None and new != old and lr is not None and lr != AUTO_LR:
         log.warning("the config sets optim.lr %s (loss %s); loss %s trains with it, not with "
                     "its default %s (set optim.lr: null for that)", lr, old, new,
                     default_lr(new))
@@ -147,6 +153,13 @@ def _setting(cfg: dict, section: str, key: str) -> Any:
 def default_lr(loss: Any) -> float:
     """The default ``optim.lr`` of the loss named ``loss`` (:data:`LOSS_LR`)."""
     return LOSS_LR.get(loss, FALLBACK_LR) if isinstance(loss, str) else FALLBACK_LR
+
+
+def single_lr(cfg: dict) -> float:
+    """A resolved config's lr when it trains at one lr: ``optim.lr``, or for ``auto`` the
+    loss's default (:data:`LOSS_LR`)."""
+    lr = cfg["optim"]["lr"]
+    return default_lr(cfg["loss"]["name"]) if lr == AUTO_LR else lr
 
 
 def loss_settings(cfg: dict) -> dict:
@@ -219,8 +232,12 @@ def _check_values(cfg: dict) -> list[str]:
         p.append("optim.name must be adamw or sgd")
     if optim.get("schedule") not in ("cosine", "constant"):
         p.append("optim.schedule must be cosine or constant")
-    if not _is_num(optim.get("lr")) or optim["lr"] <= 0:
-        p.append("optim.lr must be > 0")
+    if optim.get("lr") != AUTO_LR and (not _is_num(optim.get("lr")) or optim["lr"] <= 0):
+        p.append(f"optim.lr must be > 0, null or {AUTO_LR}")
+    grid = optim.get("lr_grid")
+    if (not isinstance(grid, list) or not grid
+            or not all(_is_num(v) and v > 0 for v in grid) or len(set(grid)) != len(grid)):
+        p.append("optim.lr_grid must be a list of distinct lrs > 0")
     for key in ("weight_decay", "momentum", "min_lr_ratio"):
         if not _is_num(optim.get(key)) or optim[key] < 0:
             p.append(f"optim.{key} must be ≥ 0")

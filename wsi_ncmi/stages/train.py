@@ -2,17 +2,20 @@
 
 :func:`train_run` checks everything before training (labels, feature files, the features'
 settings, splits) and lists every offending slide in one :class:`InputError`, then trains every
-fold (:mod:`wsi_ncmi.model.fit`) and writes the run folder (:mod:`wsi_ncmi.formats.runfolder`):
-``config.yaml``, ``splits.json``, ``features.json``, ``provenance.json`` and per fold
-``model.safetensors``, ``model.json``, ``history.csv``, ``embeddings.npz``.
+fold (:mod:`wsi_ncmi.model.fit`; with ``optim.lr: auto``, once per lr of ``optim.lr_grid``,
+keeping the best on validation: :mod:`wsi_ncmi.model.lrchoice`) and writes the run folder
+(:mod:`wsi_ncmi.formats.runfolder`): ``config.yaml``, ``splits.json``, ``features.json``,
+``provenance.json`` and per fold ``model.safetensors``, ``model.json``, ``history.csv``,
+``embeddings.npz``.
 
 ``model.json``: ``classes``, ``loss``, ``loss_settings`` (all of them), ``feature_dim`` (D),
 ``embed_dim`` (m), ``attn_dim``, ``dropout``, ``encoder``, ``centroid_mode``, ``centroid_map``,
-``temperature`` (NCMI, SupCon; null otherwise), ``best_epoch``, ``best_val_macro_f1``,
-``epochs_run``, ``validation_head`` and ``centroid_head_means`` (C×k class means of p over the
-fold's training bags with the saved weights). ``embeddings.npz``: ``slide_id``, ``z`` (n×m),
-``p`` (n×k), plus ``z_tilde`` (NCMI) or ``logits`` (losses with a classifier), for every slide
-of the fold.
+``temperature`` (NCMI, SupCon; null otherwise), ``lr`` (the network lr trained with),
+``lr_search`` (per lr tried by ``lr: auto``: its ``best_val_macro_f1``, ``best_epoch``,
+``epochs_run``; null for one lr), ``best_epoch``, ``best_val_macro_f1``, ``epochs_run``,
+``validation_head`` and ``centroid_head_means`` (C×k class means of p over the fold's training
+bags with the saved weights). ``embeddings.npz``: ``slide_id``, ``z`` (n×m), ``p`` (n×k), plus
+``z_tilde`` (NCMI) or ``logits`` (losses with a classifier), for every slide of the fold.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ from ..formats.manifests import load_manifest
 from ..formats.runfolder import SPLITS, fold_dir, read_splits, write_fold, write_run_files
 from ..model.bags import open_bags
 from ..model.device import select_device
-from ..model.fit import FoldContext, train_fold
+from ..model.fit import FoldContext
 from ..model.inference import check_bags
 from ..model.losses import get_loss, loss_names
+from ..model.lrchoice import fit_fold
 from ..stats.splits import make_splits, validate_splits
 from .provenance import write_record
 
@@ -81,7 +85,7 @@ def train_run(config: dict, out_dir: Path, features_dir: Path, manifest: Path, *
                       labels=dict(zip(df["slide_id"], y.tolist(), strict=True)),
                       n_classes=len(classes), device=select_device(cfg["device"]))
     for fold in splits["folds"]:
-        trained = train_fold(ctx, fold, classes, first.feature_dim, encoder)
+        trained = fit_fold(ctx, fold, classes, first.feature_dim, encoder)
         state = {k: v.detach().cpu().contiguous() for k, v in trained.model.state_dict().items()}
         outputs += write_fold(fold_dir(out_dir, fold["fold"]), state, trained.meta,
                               trained.history, trained.embeddings)
