@@ -9,7 +9,9 @@ every loss of ``--losses``:
    selection on the validation split only, the test split never read.
 2. ``runs``: train each recipe of ``--recipes`` with ``--seeds`` (``train --seeds``: the same
    split for every seed) and evaluate every seed on the test split (``eval``). Recipes:
-   ``defaults`` (the code's current defaults: no override), ``old_defaults`` (the defaults of
+   ``defaults`` (the code's current defaults: no override, so ``lr: auto``, which trains
+   each lr of the grid; ``bench_lr.py --auto`` assembles it from the ``lr-study`` runs
+   instead), ``old_defaults`` (the defaults of
    wsi-ncmi ≤ 0.1, spelled out in :data:`OLD_DEFAULTS`), ``tuned`` (the tune's best.yaml) and
    the candidates of :data:`CANDIDATES`.
 3. ``screen``: train each candidate recipe with one seed and read its best validation
@@ -49,7 +51,7 @@ from study_cohorts import COHORTS, cohort_task  # noqa: E402
 from study_recipes import CANDIDATES, OLD_DEFAULTS, lr_recipes  # noqa: E402
 from study_tables import goal_table, markdown, screen_table, summary  # noqa: E402
 
-from wsi_ncmi.formats.config import LOSS_LR, deep_merge, load_yaml  # noqa: E402
+from wsi_ncmi.formats.config import deep_merge, load_yaml  # noqa: E402
 from wsi_ncmi.formats.seedruns import is_multi_seed, seed_runs  # noqa: E402
 from wsi_ncmi.stages.compare import compare_runs  # noqa: E402
 from wsi_ncmi.stages.multiseed import evaluate_seeds, train_seeds  # noqa: E402
@@ -130,9 +132,10 @@ def recipe_config(work: Path, cohort: str, loss: str, recipe: str) -> dict:
 
 
 def loss_recipes(recipes: list[str], loss: str) -> list[str]:
-    """``recipes`` with ``lr-study`` replaced by the recipes of the lr study at the lrs other
-    than the loss's default (:func:`study_recipes.lr_recipes`, ``LOSS_LR``)."""
-    study = [r for lr, r in lr_recipes(loss).items() if lr != LOSS_LR[loss]]
+    """``recipes`` with ``lr-study`` replaced by the recipes of the lr study, the defaults at
+    each of its lrs (:func:`study_recipes.lr_recipes`): the runs ``bench_lr.py`` reads, and
+    assembles ``lr: auto`` from."""
+    study = list(lr_recipes(loss).values())
     return [x for r in recipes for x in (study if r == "lr-study" else [r])]
 
 

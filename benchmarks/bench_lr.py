@@ -212,7 +212,7 @@ def assemble_auto(work: Path) -> list[str]:
         (tmp / "assembled.json").write_text(json.dumps({
             "what": "lr: auto assembled from the lr study's runs (bench_lr.py --auto)",
             "kept_lr": picks, "from": {str(lr): r.name for lr, r in runs.items()}}, indent=2))
-        evaluate_seeds(tmp, "test", n_boot=1000, seed=0, device="cpu")
+        evaluate_seeds(tmp, "test", n_boot=300, seed=0, device="cpu")  # as bench_defaults
         tmp.rename(old)
         print(f"{cell}: defaults = lr auto, kept lr per seed {picks}")
     return todo

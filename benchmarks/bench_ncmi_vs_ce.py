@@ -1,6 +1,6 @@
 """NCMI against CE in the defaults study's runs: seed-paired, on the same head.
 
-For each learnable cohort and recipe of :data:`RECIPES` that both losses ran, ``compare``
+For each learnable cohort and recipe pair of :data:`RECIPES` that both losses ran, ``compare``
 (300 bootstrap resamples of test patients shared by the seeds) of ``ce/<recipe>`` against
 ``ncmi/<recipe>`` on the linear-probe and centroid heads, which both losses have: NCMI − CE
 test macro-F1, its 95 % interval, and the seeds NCMI won; then each loss's own head (NCMI:
@@ -19,26 +19,40 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_defaults import add_study_paths, compared  # noqa: E402
-from bench_lr import run_lr  # noqa: E402
+from bench_defaults import add_study_paths, compared, first_config  # noqa: E402
 from study_cohorts import LEARNABLE  # noqa: E402
+from study_recipes import lr_recipes  # noqa: E402
 
-#: tuned; the defaults before the per-loss lr (1e-3 for both); the defaults (each its own lr)
-RECIPES = ("tuned", "defaults_lr1e3", "defaults")
+from wsi_ncmi.formats.config import LOSS_LR  # noqa: E402
+
+#: label → (NCMI's recipe, CE's recipe): tuned; the defaults at the common lr 1e-3 (before the
+#: per-loss lr); each loss at its single default lr (``LOSS_LR``, the defaults before
+#: ``lr: auto``); the defaults (``lr: auto``)
+RECIPES = {"tuned": ("tuned", "tuned"),
+           "defaults_lr1e3": ("defaults_lr1e3", "defaults_lr1e3"),
+           "loss_lr": (lr_recipes("ncmi")[LOSS_LR["ncmi"]], lr_recipes("ce")[LOSS_LR["ce"]]),
+           "defaults": ("defaults", "defaults")}
 HEADS = ("linear_probe", "centroid")
+
+
+def lr_label(run: Path) -> str:
+    """The lr a multi-seed run trained with, or ``auto``."""
+    lr = first_config(run)["optim"]["lr"]
+    return lr if isinstance(lr, str) else f"{lr:.2g}"
 
 
 def pair_rows(work: Path, cohort: str, recipe: str) -> list[str]:
     """One markdown row per shared head: NCMI − CE with interval and seeds won."""
     runs = work / "runs" / cohort
-    if not all((runs / loss / recipe / "eval" / "test" / "seeds.csv").is_file()
-               for loss in ("ce", "ncmi")):
+    ncmi, ce = (runs / loss / r for loss, r in zip(("ncmi", "ce"), RECIPES[recipe],
+                                                  strict=True))
+    if not all((r / "eval" / "test" / "seeds.csv").is_file() for r in (ncmi, ce)):
         return []
-    lrs = f"{run_lr(runs / 'ncmi' / recipe):.2g} / {run_lr(runs / 'ce' / recipe):.2g}"
+    lrs = f"{lr_label(ncmi)} / {lr_label(ce)}"
     lines = []
     for head in HEADS:
-        rows, pairs = compared([runs / "ce" / recipe, runs / "ncmi" / recipe],
-                               work / "compare_pairs" / cohort / recipe / head, head, 300)
+        rows, pairs = compared([ce, ncmi], work / "compare_pairs" / cohort / recipe / head,
+                               head, 300)
         d = pairs[0]["macro_f1"]  # b − a = NCMI − CE
         own = {loss: r["macro_f1"]["value"] for loss, r in zip(("ce", "ncmi"), rows,
                                                                 strict=True)}
@@ -51,8 +65,9 @@ def pair_rows(work: Path, cohort: str, recipe: str) -> list[str]:
 def own_heads(work: Path, cohort: str, recipe: str) -> str | None:
     """'NCMI centroid / CE classifier' test macro-F1, means over seeds."""
     values = []
-    for loss, head in (("ncmi", "centroid"), ("ce", "classifier")):
-        path = work / "runs" / cohort / loss / recipe / "eval" / "test" / "seeds.csv"
+    for (loss, head), name in zip((("ncmi", "centroid"), ("ce", "classifier")),
+                                  RECIPES[recipe], strict=True):
+        path = work / "runs" / cohort / loss / name / "eval" / "test" / "seeds.csv"
         if not path.is_file():
             return None
         table = pd.read_csv(path)
@@ -71,8 +86,10 @@ def main() -> None:
              "From the runs of `bench_defaults.py` (seeds 0, 1, 2; the same split for both "
              "losses), `python benchmarks/bench_ncmi_vs_ce.py`. Δ = NCMI − CE test macro-F1 "
              "on the same head [95 % interval, 300 resamples of test patients]; won: seeds in "
-             "which NCMI scored higher. `defaults_lr1e3`: the defaults before the per-loss "
-             "lr; `defaults`: each loss at its own (the lr column, read from the runs).", "",
+             "which NCMI scored higher. `defaults_lr1e3`: the defaults at the common lr 1e-3; "
+             "`loss_lr`: each loss at its single default lr (`LOSS_LR`, the defaults before "
+             "`lr: auto`); `defaults`: `lr: auto` (per fold, the best of 1e-3, 3e-3, 1e-2 on "
+             "validation). The lr column is read from the runs.", "",
              "| cohort | recipe | lr (NCMI / CE) | head | Δ macro-F1 (NCMI − CE) | NCMI won | "
              "NCMI / CE |", "|---|---|---|---|---|---|---|"]
     own = ["", "Own heads (NCMI centroid / CE classifier), test macro-F1, means over seeds:", "",

@@ -129,8 +129,9 @@ def predict_command(out: Path) -> str:
 
 
 def _train_config(loss: str, config: DemoConfig) -> dict:
-    """Small model and batches for the demo's ~20 training slides; the lr is the loss's default
-    (a common lr would favour one loss, docs/training.md)."""
+    """Small model and batches for the demo's ~20 training slides; the lr is the default,
+    ``auto``: each loss's own, chosen per fold on the validation slides (a common lr would
+    favour one loss, docs/training.md)."""
     return {
         "task": {"name": "demo_3class", "classes": list(CLASSES)},
         "split": {"method": "column", "column": "split"},
