@@ -141,6 +141,10 @@ def test_trials_table_plot_and_best_config(tuned):
     assert cfg["optim"]["epochs"] == best["param:optim.epochs"]
     assert cfg["model"]["dropout"] == best["param:model.dropout"]
     assert cfg["loss"] == {"name": "ce", "ce": {}} and cfg["task"]["classes"] == ["c0", "c1"]
+    # one lr per trial: no lr grid in best.yaml (nor in the study's identity, so a study made
+    # before lr: auto resumes); train --config best.yaml trains once at that lr
+    assert "lr_grid" not in cfg["optim"]
+    assert resolve_config(cfg)["optim"]["lr"] == cfg["optim"]["lr"]
     assert (tuned["out"] / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -16,18 +16,19 @@ earlier trial. Every trial trains with the base config's seed.
 
 **Search.** Every trial trains at one lr: ``optim.lr: auto`` (train's default, which tries
 three) means the loss's single default lr here (``LOSS_LR``), so that a trial's budget is one
-training whatever the space holds. A new study's first trial (worker 0's) takes the base
-config's values — the defaults, or what ``--config`` set — for every searched setting the space
-can draw (the rest are sampled; ``trials.csv`` notes it): when the space holds them all, the
-tune's best is never below the base config on its selection folds, even with two or three
-trials. Then Optuna's TPE sampler (``--seed`` seeds it, together with the worker number and the
-number of trials already in the study, so a resumed or parallel worker does not replay
-another's random draws; ``constant_liar`` keeps parallel workers apart), and a median pruner:
-after every epoch the trial reports its fold's best validation macro-F1 so far at step
-``fold × E + epoch − 1`` (fold 0-based, epoch 1-based, E = the most epochs a trial can run) and
-stops when that falls below the median of earlier trials at the same step (once
-``prune_after_trials`` trials finished, after ``prune_warmup_epochs`` steps). A trial whose
-loss diverges (NaN) is pruned with a note.
+training whatever the space holds (a trial's config, and ``best.yaml``, hold no ``lr_grid``). A
+new study's first trial (worker 0's) takes the base config's values — the defaults, or what
+``--config`` set — for every searched setting the space can draw (the rest are sampled;
+``trials.csv`` notes it): when the space holds them all, the tune's best is never below the
+base config on its selection folds, even with two or three trials. Then Optuna's TPE sampler
+(``--seed`` seeds it, together with the worker number and the number of trials already in the
+study, so a resumed or parallel worker does not replay another's random draws;
+``constant_liar`` keeps parallel workers apart), and a median pruner: after every epoch the
+trial reports its fold's best validation macro-F1 so far at step ``fold × E + epoch − 1`` (fold
+0-based, epoch 1-based, E = the most epochs a trial can run) and stops when that falls below
+the median of earlier trials at the same step (once ``prune_after_trials`` trials finished,
+after ``prune_warmup_epochs`` steps). A trial whose loss diverges (NaN) is pruned with a
+note.
 
 **Budget.** ``--trials N`` finished (complete or pruned) trials in the study, each at most E
 epochs per selection fold; the same N and space file give every loss the same budget.
@@ -95,6 +96,7 @@ def trial_config(data: TuneData, values: dict) -> dict:
     value) set, the classes and every loss setting filled in."""
     cfg = resolve_config(deep_merge(data.raw, overrides(values)), loss_names())
     cfg["optim"]["lr"] = single_lr(cfg)
+    del cfg["optim"]["lr_grid"]  # a trial trains at one lr; studies made before the grid resume
     cfg["task"]["classes"] = list(data.classes)
     cfg["loss"] = resolved_loss_section(cfg, len(data.classes))
     return cfg
