@@ -48,9 +48,10 @@ from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
-#: default ``optim.lr`` per loss: of 1e-3, 3e-3 and 1e-2, the one with the best mean validation
+#: each loss's single default lr (``optim.lr: null``; where ``auto`` breaks exact ties and ``tune``
+#: starts): of 1e-3, 3e-3 and 1e-2, the one with the best mean validation
 #: macro-F1 over the defaults study's five learnable cohorts (the smallest within 0.01 of it;
-#: ``benchmarks/bench_lr.py``, docs/training.md "The learning rate, per loss"). At 1e-2 the
+#: ``benchmarks/bench_lr.py``, docs/training.md "The learning rate"). At 1e-2 the
 #: losses on logits collapse on rare witnesses (focal, 1 witness in 100: 0.532 against 0.934
 #: at 1e-3); SupCon collapses at 1e-2 on 7 classes (0.760 → 0.285); NCMI learns fastest at 1e-2.
 LOSS_LR: dict[str, float] = {"ce": 1e-3, "focal": 1e-3, "label_smoothing": 1e-3, "square": 1e-3,
