@@ -27,8 +27,12 @@ kept under its lr's recipe (``study_recipes.lr_recipes``); cells without a run a
 named, to be trained with ``bench_defaults.py runs --recipes lr-study`` (or ``defaults``,
 which trains ``lr: auto`` for real).
 
+``--cohort-table COHORT`` writes ``COHORT_lr.md``: on one cohort, each lr's run and the
+assembled ``auto`` one on test (for a cohort without tunes, so without a goal-table row).
+
     python benchmarks/bench_lr.py
     python benchmarks/bench_lr.py --auto
+    python benchmarks/bench_lr.py --cohort-table c2_d256_w1000_s12
 """
 
 from __future__ import annotations
@@ -39,10 +43,11 @@ import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_defaults import add_study_paths, first_config, validation_f1  # noqa: E402
+from bench_defaults import add_study_paths, first_config, own_head, validation_f1  # noqa: E402
 from study_cohorts import LEARNABLE  # noqa: E402
 from study_recipes import LR_STUDY as LRS  # noqa: E402
 from study_recipes import lr_recipes  # noqa: E402
@@ -218,16 +223,49 @@ def assemble_auto(work: Path) -> list[str]:
     return todo
 
 
+def cohort_lr_table(work: Path, cohort: str) -> str:
+    """Per loss with runs on ``cohort``: each lr's run and ``lr: auto`` (``defaults``),
+    validation macro-F1 and own-head test macro-F1 and AUC (means ± sd over seeds), and the lr
+    each seed of ``auto`` kept. For a cohort without tunes (no goal-table row)."""
+    lines = [f"{cohort}: the defaults at each lr and with `lr: auto` (assembled by `--auto`), "
+             "own head, means ± sd over seeds; `python benchmarks/bench_lr.py --cohort-table "
+             f"{cohort}`.", "",
+             "| loss | recipe | validation macro-F1 | test macro-F1 | test AUC | kept lr (seeds) |",
+             "|---|---|---|---|---|---|"]
+    for loss_dir in sorted((work / "runs" / cohort).glob("*")):
+        loss = loss_dir.name
+        names = [("lr " + f"{lr:g}", loss_dir / r) for lr, r in lr_recipes(loss).items()]
+        for label, run in [*names, ("lr: auto", loss_dir / "defaults")]:
+            if not is_evaluated(run):
+                continue
+            table = pd.read_csv(run / "eval" / "test" / "seeds.csv")
+            own = table[table["head"] == own_head(loss)]
+            kept = (json.loads((run / "assembled.json").read_text())["kept_lr"]
+                    if (run / "assembled.json").is_file() else {})
+            lines.append(f"| {loss} | {label} | {validation_f1(run):.3f} | "
+                         f"{own['macro_f1'].mean():.3f} ± {own['macro_f1'].std():.3f} | "
+                         f"{own['auc_macro'].mean():.3f} ± {own['auc_macro'].std():.3f} | "
+                         + (", ".join(f"{v:g}" for v in kept.values()) or "–") + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohorts", default=",".join(LEARNABLE))
     parser.add_argument("--out", default="lr.md", help="file name under --results")
     parser.add_argument("--auto", action="store_true",
                         help="assemble each defaults run (lr: auto) from the lr runs (above)")
+    parser.add_argument("--cohort-table", metavar="COHORT",
+                        help="write COHORT_lr.md: each lr and lr: auto on a cohort (above)")
     add_study_paths(parser)
     args = parser.parse_args()
     if args.auto:
         assemble_auto(args.work)
+        return
+    if args.cohort_table:
+        text = cohort_lr_table(args.work, args.cohort_table)
+        (args.results / f"{args.cohort_table}_lr.md").write_text(text)
+        print(text)
         return
     cohorts = args.cohorts.split(",")
     table, drift = lr_table(args.work, cohorts)
