@@ -223,13 +223,19 @@ def assemble_auto(work: Path) -> list[str]:
     return todo
 
 
+def _mean_sd(values: pd.Series) -> str:
+    """'mean ± sd', or the value alone for one seed."""
+    return (f"{values.mean():.3f} ± {values.std():.3f}" if len(values) > 1
+            else f"{values.mean():.3f}")
+
+
 def cohort_lr_table(work: Path, cohort: str) -> str:
     """Per loss with runs on ``cohort``: each lr's run and ``lr: auto`` (``defaults``),
     validation macro-F1 and own-head test macro-F1 and AUC (means ± sd over seeds), and the lr
     each seed of ``auto`` kept. For a cohort without tunes (no goal-table row)."""
     lines = [f"{cohort}: the defaults at each lr and with `lr: auto` (assembled by `--auto`), "
-             "own head, means ± sd over seeds; `python benchmarks/bench_lr.py --cohort-table "
-             f"{cohort}`.", "",
+             "own head, means ± sd over seeds (one seed: its value); "
+             f"`python benchmarks/bench_lr.py --cohort-table {cohort}`.", "",
              "| loss | recipe | validation macro-F1 | test macro-F1 | test AUC | kept lr (seeds) |",
              "|---|---|---|---|---|---|"]
     for loss_dir in sorted((work / "runs" / cohort).glob("*")):
@@ -243,8 +249,7 @@ def cohort_lr_table(work: Path, cohort: str) -> str:
             kept = (json.loads((run / "assembled.json").read_text())["kept_lr"]
                     if (run / "assembled.json").is_file() else {})
             lines.append(f"| {loss} | {label} | {validation_f1(run):.3f} | "
-                         f"{own['macro_f1'].mean():.3f} ± {own['macro_f1'].std():.3f} | "
-                         f"{own['auc_macro'].mean():.3f} ± {own['auc_macro'].std():.3f} | "
+                         f"{_mean_sd(own['macro_f1'])} | {_mean_sd(own['auc_macro'])} | "
                          + (", ".join(f"{v:g}" for v in kept.values()) or "–") + " |")
     return "\n".join(lines) + "\n"
 
