@@ -20,6 +20,7 @@ from cli import CLI, run_cli
 from wsi_ncmi.formats.tilefile import read_tile_file
 from wsi_ncmi.slides.synthetic import make_layout, write_synthetic_slide
 from wsi_ncmi.stages.jobs import in_shard
+from wsi_ncmi.stages.ledger import Ledger
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +233,15 @@ def test_help_and_tile_do_not_import_torch(tmp_path):
             "assert 'µm/px' in r.output; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_ledger_record_cleans_what_a_killed_writer_left(tmp_path):
+    # a kill can land while a record is being written (its temporary file stays); the next
+    # write of that slide's record, which a resumed run always makes, removes it
+    ledger = Ledger(tmp_path, "tile")
+    ledger.write("s1", {"status": "running"})
+    stale = ledger.path("s1").with_name(".s1.json.tmp-99999")
+    stale.write_text("{half")
+    ledger.write("s1", {"status": "done"})
+    assert not stale.exists() and ledger.get("s1")["status"] == "done"
+    assert [p.name for p in ledger.folder.iterdir()] == ["s1.json"]

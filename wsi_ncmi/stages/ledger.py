@@ -16,7 +16,7 @@ import csv
 import json
 from pathlib import Path
 
-from ..atomic import atomic_path, write_json
+from ..atomic import atomic_path, remove_stale_temps, write_json
 from ..formats.ids import id_path
 
 
@@ -39,7 +39,11 @@ class Ledger:
             return None
 
     def write(self, slide_id: str, record: dict) -> None:
-        write_json(self.path(slide_id), {"slide_id": slide_id, "stage": self.stage, **record})
+        """Write the slide's record, first removing temporary files a killed writer left
+        beside it (a kill can land mid-write; the record is rewritten on resume)."""
+        path = self.path(slide_id)
+        remove_stale_temps(path)
+        write_json(path, {"slide_id": slide_id, "stage": self.stage, **record})
 
     def merge(self) -> Path:
         """Rewrite ``ledger/<stage>.csv`` from every record (all shards); return its path.
