@@ -139,12 +139,17 @@ def loss_recipes(recipes: list[str], loss: str) -> list[str]:
     return [x for r in recipes for x in (study if r == "lr-study" else [r])]
 
 
+def is_evaluated(run: Path) -> bool:
+    """Whether a multi-seed run has its test evaluation (what the study's tables read)."""
+    return (run / "eval" / "test" / "seeds.csv").is_file()
+
+
 def run_cell(work: Path, cohort: str, loss: str, recipe: str, seeds: list[int], n_boot: int,
              timer: Timer) -> Path:
     """Train ``recipe`` with ``seeds`` and evaluate every seed on test (skipped when done)."""
     features, manifest, _ = cohort_task(cohort, work / "cohorts")
     out = work / "runs" / cohort / loss / recipe
-    if is_multi_seed(out) and (out / "eval" / "test" / "seeds.csv").is_file():
+    if is_multi_seed(out) and is_evaluated(out):
         return out
     t0 = time.perf_counter()
     train_seeds(recipe_config(work, cohort, loss, recipe), out, features, manifest, seeds)

@@ -47,7 +47,13 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_defaults import add_study_paths, first_config, own_head, validation_f1  # noqa: E402
+from bench_defaults import (  # noqa: E402
+    add_study_paths,
+    first_config,
+    is_evaluated,
+    own_head,
+    validation_f1,
+)
 from study_cohorts import LEARNABLE  # noqa: E402
 from study_recipes import LR_STUDY as LRS  # noqa: E402
 from study_recipes import lr_recipes  # noqa: E402
@@ -88,10 +94,11 @@ def defaults_but_lr(loss: str) -> dict:
 def study_lr(run: Path, want: dict) -> float | None:
     """The lr of ``run`` when it is a multi-seed run of the recipe ``want`` (a
     :func:`defaults_but_lr`) at one of :data:`LRS`, else None."""
-    if is_multi_seed(run) and recipe_but_lr(first_config(run)) == want:
-        lr = first_config(run)["optim"]["lr"]
-        return lr if lr in LRS else None
-    return None
+    if not is_multi_seed(run):
+        return None
+    config = first_config(run)
+    lr = config["optim"]["lr"]
+    return lr if recipe_but_lr(config) == want and lr in LRS else None
 
 
 def validation_by_lr(work: Path, cohort: str, loss: str) -> dict[float, float]:
@@ -137,11 +144,6 @@ def lr_table(work: Path, cohorts: list[str]) -> tuple[str, list[str]]:
                      + (f"{chosen:g}" if chosen is not None else "incomplete")
                      + f" | {LOSS_LR[loss]:g} |")
     return "\n".join(lines) + "\n", drift
-
-
-def is_evaluated(run: Path) -> bool:
-    """Whether a multi-seed run has its test evaluation (what the study's tables read)."""
-    return (run / "eval" / "test" / "seeds.csv").is_file()
 
 
 def _read_trained(run: Path) -> TrainedFold:
@@ -206,11 +208,11 @@ def assemble_auto(work: Path) -> list[str]:
             todo.append(cell)
             print(f"{cell}: no run at some lr of {LRS}: train them (bench_defaults.py runs)")
             continue
-        seeds = [set(seed_runs(r)) for r in runs.values()]
-        common = sorted(set.intersection(*seeds))
+        by_seed = {lr: seed_runs(r) for lr, r in runs.items()}
+        common = sorted(set.intersection(*(set(s) for s in by_seed.values())))
         tmp = loss_dir / "defaults.partial"
         shutil.rmtree(tmp, ignore_errors=True)
-        picks = {s: auto_seed({lr: seed_runs(r)[s] for lr, r in runs.items()},
+        picks = {s: auto_seed({lr: seeds[s] for lr, seeds in by_seed.items()},
                               seed_dir(tmp, s)) for s in common}
         write_seed_index(tmp, common, json.loads((runs[LRS[0]] / SEEDS).read_text())
                          ["split_seed"])

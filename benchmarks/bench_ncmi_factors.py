@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_defaults import REPO, Timer, recipe_config  # noqa: E402
+from bench_defaults import REPO, Timer, is_evaluated, recipe_config  # noqa: E402
 from study_cohorts import COHORTS, cohort_task  # noqa: E402
 
 from wsi_ncmi.formats.config import deep_merge  # noqa: E402
@@ -62,7 +62,7 @@ def variant_runs(work: Path, cohort: str, name: str, change: dict | None, seeds:
     if all(base["loss"]["ncmi"].get(k) == v for k, v in change.items()):
         return None
     out = work / "factors" / cohort / name
-    if not (out / "eval" / "test" / "seeds.csv").is_file():
+    if not is_evaluated(out):
         features, manifest, _ = cohort_task(cohort, work / "cohorts")
         t0 = time.perf_counter()
         train_seeds(deep_merge(base, {"loss": {"ncmi": change}}), out, features, manifest,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_defaults import add_study_paths, compared, first_config  # noqa: E402
+from bench_defaults import add_study_paths, compared, first_config, is_evaluated  # noqa: E402
 from study_cohorts import LEARNABLE  # noqa: E402
 from study_recipes import lr_recipes  # noqa: E402
 
@@ -46,7 +46,7 @@ def pair_rows(work: Path, cohort: str, recipe: str) -> list[str]:
     runs = work / "runs" / cohort
     ncmi, ce = (runs / loss / r for loss, r in zip(("ncmi", "ce"), RECIPES[recipe],
                                                   strict=True))
-    if not all((r / "eval" / "test" / "seeds.csv").is_file() for r in (ncmi, ce)):
+    if not all(is_evaluated(r) for r in (ncmi, ce)):
         return []
     lrs = f"{lr_label(ncmi)} / {lr_label(ce)}"
     lines = []
