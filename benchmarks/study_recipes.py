@@ -52,6 +52,10 @@ CANDIDATES: dict[str, dict] = {
     # between: SupCon's and CMI-CE's tunes on the slide-derived cohort chose lr 1.9e-3–1.5e-2,
     # and both lost at 1e-2 on 7 classes
     "cand_t25_lr3e3": deep_merge(_T25, {"optim": {"lr": 3e-3}}),
+    # below the lr study's three: the tunes kept an lr below 1e-3 in 21 of the 45 cells, and
+    # on the 1536-d cohort, where 4 of lr: auto's 11 misses were, CE's, label smoothing's and
+    # square's tunes kept 1.9e-4–5.1e-4
+    "cand_t25_lr3e4": deep_merge(_T25, {"optim": {"lr": 3e-4}}),
     # CMI-CE's tunes chose λ 0.01–0.09 on all five cohorts against the default 0.5
     "cand_cmi01": deep_merge(_REG, {"optim": {"lr": 1e-3},
                                     "loss": {"cmi_ce": {"cmi_weight": 0.1}}}),
@@ -64,6 +68,8 @@ CANDIDATES: dict[str, dict] = {
     "cand_supcon_t05": deep_merge(_T25, {"loss": {"supcon": {"temperature": 0.5}}}),
     "cand_supcon_t10": deep_merge(_T25, {"loss": {"supcon": {"temperature": 1.0}}}),
     # τ 0.5 (the best of 0.1–1.0 on validation) at the other two lrs of the lr study
+    "cand_supcon_t05_lr3e4": deep_merge(_T25, {"optim": {"lr": 3e-4},
+                                               "loss": {"supcon": {"temperature": 0.5}}}),
     "cand_supcon_t05_lr3e3": deep_merge(_T25, {"optim": {"lr": 3e-3},
                                                "loss": {"supcon": {"temperature": 0.5}}}),
     "cand_supcon_t05_lr1e2": deep_merge(_T25, {"optim": {"lr": 1e-2},
@@ -87,14 +93,19 @@ CANDIDATES: dict[str, dict] = {
     # the defaults before the per-loss lr (formats/config.LOSS_LR), under the name their runs
     # were kept by (the same recipe as cand_reg_t25)
     "defaults_lr1e3": _T25,
+    # lr: auto over the lr study's first three lrs, the defaults until 3e-4 joined the grid
+    # (assembled by bench_lr.py --auto like the defaults; kept under this name on 2026-11-30)
+    "cand_auto_3lr": deep_merge(_DEFAULTS, {"optim": {"lr": "auto",
+                                                      "lr_grid": [1e-3, 3e-3, 1e-2]}}),
 }
 
 
 #: the lrs of the lr study (``bench_lr.py``), and per lr the recipe of the defaults but the lr;
 #: SupCon's keep its default τ 0.5, which the other candidates spell as the old 0.1
-LR_STUDY = (1e-3, 3e-3, 1e-2)
-_LR_RECIPES = ("defaults_lr1e3", "cand_t25_lr3e3", "cand_t25_lr1e2")
-_SUPCON_LR_RECIPES = ("cand_supcon_t05", "cand_supcon_t05_lr3e3", "cand_supcon_t05_lr1e2")
+LR_STUDY = (3e-4, 1e-3, 3e-3, 1e-2)
+_LR_RECIPES = ("cand_t25_lr3e4", "defaults_lr1e3", "cand_t25_lr3e3", "cand_t25_lr1e2")
+_SUPCON_LR_RECIPES = ("cand_supcon_t05_lr3e4", "cand_supcon_t05", "cand_supcon_t05_lr3e3",
+                      "cand_supcon_t05_lr1e2")
 
 
 def lr_recipes(loss: str) -> dict[float, str]:

@@ -15,7 +15,7 @@ validation AUC (one-vs-rest macro, at the kept epochs, averaged over the folds),
 earlier trial. Every trial trains with the base config's seed.
 
 **Search.** Every trial trains at one lr: ``optim.lr: auto`` (train's default, which tries
-three) means the loss's single default lr here (``LOSS_LR``), so that a trial's budget is one
+four) means the loss's single default lr here (``LOSS_LR``), so that a trial's budget is one
 training whatever the space holds (a trial's config, and ``best.yaml``, hold no ``lr_grid``). A
 new study's first trial (worker 0's) takes the base config's values — the defaults, or what
 ``--config`` set — for every searched setting the space can draw (the rest are sampled;
