@@ -23,14 +23,16 @@ from bench_defaults import add_study_paths, compared, first_config, is_evaluated
 from study_cohorts import LEARNABLE  # noqa: E402
 from study_recipes import lr_recipes  # noqa: E402
 
-from wsi_ncmi.formats.config import LOSS_LR  # noqa: E402
+from wsi_ncmi.formats.config import LR_GRID  # noqa: E402
 
 #: label → (NCMI's recipe, CE's recipe): tuned; the defaults at the common lr 1e-3 (before the
-#: per-loss lr); each loss at its single default lr (``LOSS_LR``, the defaults before
-#: ``lr: auto``); the defaults (``lr: auto``)
+#: per-loss lr); each loss at its single default lr of the day before ``lr: auto`` (NCMI 1e-2,
+#: CE 1e-3; CE's ``LOSS_LR`` is 3e-4 since the grid's fourth lr); ``lr: auto`` over the first
+#: three lrs (``cand_auto_3lr``); the defaults (``lr: auto`` over ``LR_GRID``)
 RECIPES = {"tuned": ("tuned", "tuned"),
            "defaults_lr1e3": ("defaults_lr1e3", "defaults_lr1e3"),
-           "loss_lr": (lr_recipes("ncmi")[LOSS_LR["ncmi"]], lr_recipes("ce")[LOSS_LR["ce"]]),
+           "loss_lr": (lr_recipes("ncmi")[1e-2], lr_recipes("ce")[1e-3]),
+           "auto_3lr": ("cand_auto_3lr", "cand_auto_3lr"),
            "defaults": ("defaults", "defaults")}
 HEADS = ("linear_probe", "centroid")
 
@@ -87,8 +89,9 @@ def main() -> None:
              "losses), `python benchmarks/bench_ncmi_vs_ce.py`. Δ = NCMI − CE test macro-F1 "
              "on the same head [95 % interval, 300 resamples of test patients]; won: seeds in "
              "which NCMI scored higher. `defaults_lr1e3`: the defaults at the common lr 1e-3; "
-             "`loss_lr`: each loss at its single default lr (`LOSS_LR`, the defaults before "
-             "`lr: auto`); `defaults`: `lr: auto` (per fold, the best of 1e-3, 3e-3, 1e-2 on "
+             "`loss_lr`: each loss at its single default lr before `lr: auto` (NCMI 1e-2, CE "
+             "1e-3); `auto_3lr`: `lr: auto` over 1e-3, 3e-3, 1e-2; `defaults`: `lr: auto` "
+             f"(per fold, the best of {', '.join(f'{lr:g}' for lr in LR_GRID)} on "
              "validation). The lr column is read from the runs.", "",
              "| cohort | recipe | lr (NCMI / CE) | head | Δ macro-F1 (NCMI − CE) | NCMI won | "
              "NCMI / CE |", "|---|---|---|---|---|---|---|"]

@@ -355,7 +355,7 @@ def test_another_losses_lr_is_kept_with_a_warning(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="wsi_ncmi.formats.config"):
         raw = load_config([run_config], {"loss": {"name": "ce"}})
     assert resolve_config(raw)["optim"]["lr"] == 0.003
-    assert "optim.lr 0.003 (loss ncmi); loss ce trains with it, not with its default 0.001" \
+    assert "optim.lr 0.003 (loss ncmi); loss ce trains with it, not with its default 0.0003" \
         in caplog.text
     caplog.clear()
     assert resolve_config(load_config([REPO / "configs" / "train_ncmi.yaml"],

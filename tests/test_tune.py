@@ -41,7 +41,7 @@ D = 6
 BASE = {"model": {"embed_dim": 8, "attn_dim": 8},
         "optim": {"batch_size": 8, "max_tiles": 16, "epochs": 2, "patience": 5},
         "data": {"eval_batch_size": 32}, "device": "cpu"}
-SPACE = {"space": {"optim.lr": {"low": 1.0e-3, "high": 2.0e-2, "log": True},
+SPACE = {"space": {"optim.lr": {"low": 3.0e-4, "high": 2.0e-2, "log": True},
                    "optim.epochs": {"low": 1, "high": 2},
                    "model.dropout": {"choices": [0.0, 0.2]}},
          "tune": {"startup_trials": 2, "prune_after_trials": 2, "prune_warmup_epochs": 1,
@@ -151,9 +151,9 @@ def test_trials_table_plot_and_best_config(tuned):
 def test_the_first_trial_is_the_base_config_where_the_space_allows(tuned):
     trials = pd.read_csv(tuned["out"] / "trials.csv")
     first = trials.iloc[0]
-    # base.yaml: CE at its default lr 1e-3 (the space's low end) and 2 epochs, both in the
+    # base.yaml: CE at its default lr 3e-4 (the space's low end) and 2 epochs, both in the
     # space; its dropout (the default 0.1) is not one of the space's choices, so the trial drew it
-    assert first["param:optim.lr"] == pytest.approx(1e-3, rel=1e-12)
+    assert first["param:optim.lr"] == pytest.approx(3e-4, rel=1e-12)
     assert first["param:optim.epochs"] == 2
     assert first["param:model.dropout"] in (0.0, 0.2)
     assert first["note"] == "the base config's values"
@@ -196,7 +196,7 @@ def test_a_killed_trial_is_retried_once_and_the_study_reaches_exactly_n(tuned, t
     # the state a SIGKILLed worker leaves: a RUNNING trial whose process is gone
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    killed = study.ask({"optim.lr": optuna.distributions.FloatDistribution(1e-3, 2e-2, log=True),
+    killed = study.ask({"optim.lr": optuna.distributions.FloatDistribution(3e-4, 2e-2, log=True),
                         "optim.epochs": optuna.distributions.IntDistribution(1, 2),
                         "model.dropout": optuna.distributions.CategoricalDistribution(
                             [0.0, 0.2])})
