@@ -340,7 +340,8 @@ def test_default_lr_is_chosen_on_validation_unless_the_config_sets_one():
     unset = {"loss": {"name": "supcon"}, "optim": {"lr": None}}
     assert resolve_config(unset)["optim"]["lr"] == 1e-3
     assert resolve_config({"loss": {"name": "ncmi"}, "optim": {"lr": None}})["optim"]["lr"] == 1e-2
-    assert resolve_config({"loss": {"name": "ce"}, "optim": {"lr": 3e-4}})["optim"]["lr"] == 3e-4
+    assert resolve_config({"loss": {"name": "ce"}, "optim": {"lr": None}})["optim"]["lr"] == 3e-4
+    assert resolve_config({"loss": {"name": "ce"}, "optim": {"lr": 5e-4}})["optim"]["lr"] == 5e-4
     for bad in (0, "fast"):
         with pytest.raises(InputError, match="optim.lr must be > 0, null or auto"):
             resolve_config({"loss": {"name": "ce"}, "optim": {"lr": bad}})
