@@ -52,7 +52,7 @@ CANDIDATES: dict[str, dict] = {
     # between: SupCon's and CMI-CE's tunes on the slide-derived cohort chose lr 1.9e-3–1.5e-2,
     # and both lost at 1e-2 on 7 classes
     "cand_t25_lr3e3": deep_merge(_T25, {"optim": {"lr": 3e-3}}),
-    # below the lr study's three: the tunes kept an lr below 1e-3 in 21 of the 45 cells, and
+    # below the lr study's three: the tunes kept an lr below 1e-3 in 22 of the 45 cells, and
     # on the 1536-d cohort, where 4 of lr: auto's 11 misses were, CE's, label smoothing's and
     # square's tunes kept 1.9e-4–5.1e-4
     "cand_t25_lr3e4": deep_merge(_T25, {"optim": {"lr": 3e-4}}),
