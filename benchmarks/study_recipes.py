@@ -27,6 +27,8 @@ _T25 = deep_merge(_REG, {"loss": {"ncmi": {"temperature": 0.25}}})
 #: the code's defaults spelled out as they are since SupCon's τ 0.5, the lr left to the loss
 #: (``LOSS_LR``): the base of the candidates that change one thing of the per-loss defaults
 _DEFAULTS = deep_merge(_T25, {"optim": {"lr": None}, "loss": {"supcon": {"temperature": 0.5}}})
+#: the code's defaults since 2026-11-30 spelled out: ``lr: auto`` over the four lrs
+_AUTO4 = deep_merge(_DEFAULTS, {"optim": {"lr": "auto", "lr_grid": [3e-4, 1e-3, 3e-3, 1e-2]}})
 #: candidate default recipes, screened on validation (``screen``); chosen from the tunes
 CANDIDATES: dict[str, dict] = {
     "cand_lr5e4": deep_merge(_OLD_KEPT, {"optim": {"lr": 5e-4, "epochs": 100, "max_tiles": 512}}),
@@ -97,6 +99,14 @@ CANDIDATES: dict[str, dict] = {
     # (assembled by bench_lr.py --auto like the defaults; kept under this name on 2026-11-30)
     "cand_auto_3lr": deep_merge(_DEFAULTS, {"optim": {"lr": "auto",
                                                       "lr_grid": [1e-3, 3e-3, 1e-2]}}),
+    # SupCon with 32 bags per step under lr: auto (4 lrs): its paper's loss gains with the
+    # batch (more positives and negatives per anchor), and its tune on rare witnesses, where
+    # the defaults miss by 0.065, chose batch 32
+    "cand_supcon_b32": deep_merge(_AUTO4, {"optim": {"batch_size": 32}}),
+    # the square loss regularised under lr: auto: on the 1536-d cohort, where the defaults
+    # miss by 0.171 at every lr, its tune chose weight decay 0.025 and dropout 0.46
+    "cand_square_reg": deep_merge(_AUTO4, {"model": {"dropout": 0.4},
+                                           "optim": {"weight_decay": 0.025}}),
 }
 
 
