@@ -6,7 +6,9 @@ every loss of ``--losses``:
 
 1. ``tune``: ``wsi-ncmi tune`` (the library call) with the loss's space
    ``configs/tune_<loss>.yaml`` and ``--trials`` trials: the same budget for every loss;
-   selection on the validation split only, the test split never read.
+   selection on the validation split only, the test split never read. Its ``best.yaml`` is
+   copied to ``--results/tuned/<cohort>/<loss>.yaml``, committed, which ``runs`` reads when
+   ``--work`` has no tune (a new machine trains ``tuned`` without tuning again).
 2. ``runs``: train each recipe of ``--recipes`` with ``--seeds`` (``train --seeds``: the same
    split for every seed) and evaluate every seed on the test split (``eval``). Recipes:
    ``defaults`` (the code's current defaults: no override, so ``lr: auto``, which trains
@@ -39,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -102,17 +105,32 @@ class Timer:
         log.info("%s %s %s: %.0f s", step, cohort, loss, seconds)
 
 
-def tune_cell(work: Path, cohort: str, loss: str, trials: int, timer: Timer) -> Path:
+def tuned_copy(results: Path, cohort: str, loss: str) -> Path:
+    """Where ``tune`` copies its ``best.yaml`` under ``--results`` (committed): with it the
+    tuned recipe trains on a new machine without tuning again."""
+    return results / "tuned" / cohort / f"{loss}.yaml"
+
+
+def tune_cell(work: Path, results: Path, cohort: str, loss: str, trials: int,
+              timer: Timer) -> Path:
+    """Tune (or resume the tune of) ``loss`` on ``cohort``; its best.yaml, also copied to
+    :func:`tuned_copy`."""
     features, manifest, cfg = cohort_task(cohort, work / "cohorts")
     out = work / "tune" / cohort / loss
     t0 = time.perf_counter()
     tune_study(base_config(cfg, loss), out, features, manifest, space_file(work, loss),
                trials, seed=0)
     timer.record("tune", cohort, loss, time.perf_counter() - t0)
+    copy = tuned_copy(results, cohort, loss)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "best.yaml", copy)
     return out / "best.yaml"
 
 
-def recipe_config(work: Path, cohort: str, loss: str, recipe: str) -> dict:
+def recipe_config(work: Path, cohort: str, loss: str, recipe: str,
+                  results: Path | None = None) -> dict:
+    """The training config of ``recipe`` for ``loss`` on ``cohort``; ``tuned`` reads the
+    tune's best.yaml in ``work``, else its copy under ``results`` (:func:`tuned_copy`)."""
     _, _, cfg = cohort_task(cohort, work / "cohorts")
     base = base_config(cfg, loss)
     if recipe == "defaults":
@@ -123,7 +141,10 @@ def recipe_config(work: Path, cohort: str, loss: str, recipe: str) -> dict:
             old["loss"].pop("ncmi")
         return deep_merge(base, old)
     if recipe == "tuned":
-        best = load_yaml(work / "tune" / cohort / loss / "best.yaml")
+        best_file = work / "tune" / cohort / loss / "best.yaml"
+        if not best_file.is_file() and results is not None:
+            best_file = tuned_copy(results, cohort, loss)
+        best = load_yaml(best_file)
         return deep_merge(base, {k: v for k, v in best.items() if k not in ("data", "seed")})
     recipe_cfg = deep_merge(CANDIDATES[recipe], {})
     if loss != "ncmi":
@@ -144,15 +165,16 @@ def is_evaluated(run: Path) -> bool:
     return (run / "eval" / "test" / "seeds.csv").is_file()
 
 
-def run_cell(work: Path, cohort: str, loss: str, recipe: str, seeds: list[int], n_boot: int,
-             timer: Timer) -> Path:
+def run_cell(work: Path, results: Path, cohort: str, loss: str, recipe: str, seeds: list[int],
+             n_boot: int, timer: Timer) -> Path:
     """Train ``recipe`` with ``seeds`` and evaluate every seed on test (skipped when done)."""
     features, manifest, _ = cohort_task(cohort, work / "cohorts")
     out = work / "runs" / cohort / loss / recipe
     if is_multi_seed(out) and is_evaluated(out):
         return out
     t0 = time.perf_counter()
-    train_seeds(recipe_config(work, cohort, loss, recipe), out, features, manifest, seeds)
+    train_seeds(recipe_config(work, cohort, loss, recipe, results), out, features, manifest,
+                seeds)
     evaluate_seeds(out, "test", n_boot=n_boot, seed=0, device="cpu")
     timer.record(f"runs:{recipe}", cohort, loss, time.perf_counter() - t0)
     return out
@@ -304,10 +326,11 @@ def main() -> None:
             timer.record("make", cohort, "-", time.perf_counter() - t0)
         for loss in losses:
             if args.step in ("tune", "all"):
-                tune_cell(args.work, cohort, loss, args.trials, timer)
+                tune_cell(args.work, args.results, cohort, loss, args.trials, timer)
             if args.step in ("runs", "all"):
                 for recipe in loss_recipes(recipes, loss):
-                    run_cell(args.work, cohort, loss, recipe, seeds, args.n_boot, timer)
+                    run_cell(args.work, args.results, cohort, loss, recipe, seeds, args.n_boot,
+                             timer)
             if args.step == "screen":
                 rows = [screen_cell(args.work, cohort, loss, r, timer)
                         for r in loss_recipes(recipes, loss)]
