@@ -24,7 +24,7 @@ every loss of ``--losses``:
    slides (patients), the mean validation macro-F1, and the seed-paired difference to the
    tuned recipe with its interval (``compare`` on the multi-seed folders); ``summary.md``
    (own heads, every recipe) and ``goal.md`` (defaults − tuned per loss, head and cohort,
-   against the 0.03 goal).
+   against the 0.03 goal, and per recipe its misses over the cells it ran in).
 
 Every step skips what is already there (a tune study resumes), so the script can be killed and
 rerun. ``--work`` holds the data and runs (not committed); ``--results`` the tables.

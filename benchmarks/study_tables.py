@@ -63,12 +63,41 @@ def _delta(x) -> str:
 GOAL = -0.03  # issue #17: the defaults within 0.03 macro-F1 of the tuned optimum
 
 
+def goal_counts(rows: pd.DataFrame) -> str:
+    """Per recipe other than ``tuned`` (``rows``: the cohort tables' rows, own heads and the
+    linear probe): over the cells it ran in, how many miss :data:`GOAL`, the mean Δ, the mean
+    shortfall below the goal (max(0, GOAL − Δ)) and the worst Δ; beside a candidate, the
+    defaults' on the same cells."""
+    rows = rows[rows["diff_vs_tuned"].notna()]
+    heads = {"own head": rows["head"] != "linear_probe", "linear probe":
+             rows["head"] == "linear_probe"}
+    cols = "cells | misses | mean Δ | mean shortfall | worst Δ"
+    lines = [f"| recipe | head | {cols} | defaults on these cells: {cols} |",
+             "|" + "---|" * 12]
+
+    def stats(d: pd.Series) -> str:
+        return (f"{len(d)} | {int((d < GOAL).sum())} | {d.mean():+.3f} | "
+                f"{(GOAL - d).clip(lower=0).mean():.4f} | {d.min():+.3f}")
+
+    defaults = rows[rows["recipe"] == "defaults"].set_index(["cohort", "loss", "head"])
+    for recipe in [r for r in ("defaults", *CANDIDATES) if r in set(rows["recipe"])]:
+        for name, mask in heads.items():
+            own = rows[mask & (rows["recipe"] == recipe)].set_index(["cohort", "loss", "head"])
+            if own.empty:
+                continue
+            base = defaults["diff_vs_tuned"].reindex(own.index).dropna()
+            beside = stats(base) if recipe != "defaults" and len(base) else " | ".join("–" * 5)
+            lines.append(f"| {recipe} | {name} | {stats(own['diff_vs_tuned'])} | {beside} |")
+    return "\n".join(lines) + "\n"
+
+
 def goal_table(tables: list[pd.DataFrame]) -> str:
     """Per loss and head (rows) and cohort (columns, less the :data:`SUPERSEDED` ones): the
     defaults' test macro-F1 minus the tuned recipe's, seed-paired, with its interval, marked
-    against :data:`GOAL`."""
-    rows = pd.concat(tables)
-    rows = rows[(rows["recipe"] == "defaults") & ~rows["cohort"].isin(list(SUPERSEDED))]
+    against :data:`GOAL`; then :func:`goal_counts` of every recipe."""
+    every = pd.concat(tables)
+    every = every[~every["cohort"].isin(list(SUPERSEDED))]
+    rows = every[every["recipe"] == "defaults"]
     cohorts = list(dict.fromkeys(rows["cohort"]))
     lines = ["| loss (head) | " + " | ".join(cohorts) + " |", "|" + "---|" * (1 + len(cohorts))]
     for (loss, head), group in rows.groupby(["loss", "head"], sort=False):
@@ -84,7 +113,8 @@ def goal_table(tables: list[pd.DataFrame]) -> str:
             "trial), so the two are one recipe. Left out, at chance for every recipe: "
             + "; ".join(f"{old} (replaced by {new}: the same with a stronger signal)"
                         for old, new in SUPERSEDED.items())
-            + ".\n\n" + "\n".join(lines) + "\n")
+            + ".\n\n" + "\n".join(lines) + "\n\nOver the cells each recipe ran in (a "
+            "miss: Δ below the goal):\n\n" + goal_counts(every))
 
 
 def screen_table(work: Path) -> str:
