@@ -27,11 +27,17 @@ kept under its lr's recipe (``study_recipes.lr_recipes``); cells without a run a
 named, to be trained with ``bench_defaults.py runs --recipes lr-study`` (or ``defaults``,
 which trains ``lr: auto`` for real).
 
+``--add-lr EXTRA INTO`` does the same for one lr more: per cohort and loss, the recipe INTO
+of ``study_recipes.CANDIDATES`` (``lr: auto`` over the grid plus one lr) assembled from the
+``defaults`` run (whose ``model.json`` records every lr's validation result) and EXTRA (the
+defaults at the added lr), by the same rule, and evaluated on test.
+
 ``--cohort-table COHORT`` writes ``COHORT_lr.md``: on one cohort, each lr's run and the
 assembled ``auto`` one on test (for a cohort without tunes, so without a goal-table row).
 
     python benchmarks/bench_lr.py
     python benchmarks/bench_lr.py --auto
+    python benchmarks/bench_lr.py --add-lr cand_lr3e2 cand_auto_5lr
     python benchmarks/bench_lr.py --cohort-table c2_d256_w1000_s12
 """
 
@@ -41,6 +47,8 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -55,8 +63,8 @@ from bench_defaults import (  # noqa: E402
     validation_f1,
 )
 from study_cohorts import LEARNABLE  # noqa: E402
+from study_recipes import CANDIDATES, lr_recipes  # noqa: E402
 from study_recipes import LR_STUDY as LRS  # noqa: E402
-from study_recipes import lr_recipes  # noqa: E402
 
 from wsi_ncmi.formats.config import LOSS_LR, LR_GRID, load_yaml, resolve_config  # noqa: E402
 from wsi_ncmi.formats.runfolder import read_splits  # noqa: E402
@@ -67,7 +75,7 @@ from wsi_ncmi.formats.seedruns import (  # noqa: E402
     seed_runs,
     write_seed_index,
 )
-from wsi_ncmi.model.fit import FoldContext, TrainedFold  # noqa: E402
+from wsi_ncmi.model.fit import FoldContext, TrainedFold, TrainingDiverged  # noqa: E402
 from wsi_ncmi.model.lossnames import LOSS_NAMES  # noqa: E402
 from wsi_ncmi.model.lrchoice import fit_fold  # noqa: E402
 from wsi_ncmi.stages.multiseed import evaluate_seeds  # noqa: E402
@@ -210,19 +218,82 @@ def assemble_auto(work: Path) -> list[str]:
             continue
         by_seed = {lr: seed_runs(r) for lr, r in runs.items()}
         common = sorted(set.intersection(*(set(s) for s in by_seed.values())))
-        tmp = loss_dir / "defaults.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        picks = {s: auto_seed({lr: seeds[s] for lr, seeds in by_seed.items()},
-                              seed_dir(tmp, s)) for s in common}
-        write_seed_index(tmp, common, json.loads((runs[LRS[0]] / SEEDS).read_text())
-                         ["split_seed"])
-        (tmp / "assembled.json").write_text(json.dumps({
-            "what": "lr: auto assembled from the lr study's runs (bench_lr.py --auto)",
-            "kept_lr": picks, "from": {str(lr): r.name for lr, r in runs.items()}}, indent=2))
-        evaluate_seeds(tmp, "test", n_boot=300, seed=0, device="cpu")  # as bench_defaults
-        tmp.rename(old)
+        info = {"what": "lr: auto assembled from the lr study's runs (bench_lr.py --auto)",
+                "from": {str(lr): r.name for lr, r in runs.items()}}
+        picks = write_assembly(old, {s: partial(auto_seed, {lr: seeds[s] for lr, seeds
+                                                             in by_seed.items()})
+                                     for s in common}, runs[LRS[0]], info)
         print(f"{cell}: defaults = lr auto, kept lr per seed {picks}")
     return todo
+
+
+def write_assembly(out: Path, seeds: dict[int, Callable[[Path], float]], like: Path,
+                   info: dict) -> dict[int, float]:
+    """The multi-seed run ``out`` assembled seed by seed (``seeds``: seed → a function writing
+    that seed's run into the folder it is given and returning the kept lr), with the seed index
+    and split seed of ``like``, ``assembled.json`` (``info`` and the kept lrs), evaluated on
+    test as ``bench_defaults`` evaluates. Returns the kept lr per seed."""
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    picks = {s: write(seed_dir(tmp, s)) for s, write in seeds.items()}
+    write_seed_index(tmp, sorted(seeds), json.loads((like / SEEDS).read_text())["split_seed"])
+    (tmp / "assembled.json").write_text(json.dumps({**info, "kept_lr": picks}, indent=2))
+    evaluate_seeds(tmp, "test", n_boot=300, seed=0, device="cpu")
+    tmp.rename(out)
+    return picks
+
+
+def add_lr_seed(auto_run: Path, extra_run: Path, grid: list[float], out: Path) -> float:
+    """Write ``out``, the seed run ``lr: auto`` over ``grid`` trains, from ``auto_run`` (the
+    same seed with ``lr: auto`` over ``grid`` less one lr, whose ``lr_search`` holds every
+    other lr's result) and ``extra_run`` (that seed at the missing lr): the package's rule
+    (:func:`~wsi_ncmi.model.lrchoice.fit_fold`) picks among them, the kept run is copied with
+    the ``model.json`` and ``config.yaml`` train would write. Returns the kept lr."""
+    cfg = load_yaml(auto_run / "config.yaml")
+    cfg["optim"]["lr_grid"] = grid
+    kept_meta = json.loads((auto_run / "fold_0" / "model.json").read_text())
+    extra_meta = json.loads((extra_run / "fold_0" / "model.json").read_text())
+    records = {r["lr"]: r for r in kept_meta["lr_search"]}
+
+    def trained_at(ctx: FoldContext, *_: object) -> TrainedFold:
+        lr = ctx.cfg["optim"]["lr"]
+        if lr == extra_meta["lr"]:
+            return TrainedFold(model=None, meta=dict(extra_meta), history=[], embeddings={})
+        if "diverged" in records[lr]:
+            raise TrainingDiverged(records[lr]["diverged"])
+        meta = dict(kept_meta) if lr == kept_meta["lr"] else dict(records[lr])
+        return TrainedFold(model=None, meta=meta, history=[], embeddings={})
+
+    ctx = FoldContext(cfg=cfg, source=None, labels={}, n_classes=0, device=None)
+    kept = fit_fold(ctx, read_splits(auto_run)["folds"][0], [], 0, "", train=trained_at)
+    src = extra_run if kept.meta["lr"] == extra_meta["lr"] else auto_run
+    shutil.copytree(src, out, copy_function=shutil.copy)
+    (out / "fold_0" / "model.json").write_text(json.dumps(kept.meta, indent=2))
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return kept.meta["lr"]
+
+
+def assemble_added_lr(work: Path, extra: str, into: str) -> None:
+    """Per cohort and loss of ``work/runs`` with evaluated ``defaults`` (``lr: auto``) and
+    ``extra`` (the same recipe at one lr outside the grid) runs: ``into`` (a recipe of
+    ``study_recipes.CANDIDATES`` whose grid is the defaults' plus that lr), assembled seed by
+    seed with :func:`add_lr_seed` and evaluated on test."""
+    grid = sorted(CANDIDATES[into]["optim"]["lr_grid"])
+    for loss_dir in sorted(work.glob("runs/*/*")):
+        auto, more, out = loss_dir / "defaults", loss_dir / extra, loss_dir / into
+        if not (is_evaluated(auto) and is_evaluated(more)) or is_multi_seed(out):
+            continue
+        a_cfg, e_cfg = first_config(auto), first_config(more)
+        if (recipe_but_lr(a_cfg) != recipe_but_lr(e_cfg)
+                or sorted([*a_cfg["optim"]["lr_grid"], e_cfg["optim"]["lr"]]) != grid):
+            print(f"{loss_dir}: {extra} is not the defaults at the one lr {into} adds; skipped")
+            continue
+        a_seeds, e_seeds = seed_runs(auto), seed_runs(more)
+        picks = write_assembly(out, {s: partial(add_lr_seed, a_seeds[s], e_seeds[s], grid)
+                                     for s in sorted(set(a_seeds) & set(e_seeds))}, auto,
+                               {"what": f"lr: auto over {grid} assembled from defaults and "
+                                        f"{extra} (bench_lr.py --add-lr)"})
+        print(f"{loss_dir.parent.name}/{loss_dir.name}: {into}, kept lr per seed {picks}")
 
 
 def _mean_sd(values: pd.Series) -> str:
@@ -262,12 +333,18 @@ def main() -> None:
     parser.add_argument("--out", default="lr.md", help="file name under --results")
     parser.add_argument("--auto", action="store_true",
                         help="assemble each defaults run (lr: auto) from the lr runs (above)")
+    parser.add_argument("--add-lr", nargs=2, metavar=("EXTRA", "INTO"),
+                        help="assemble recipe INTO (lr: auto over the grid plus one lr) from "
+                        "defaults and EXTRA (the defaults at that lr), per cohort and loss")
     parser.add_argument("--cohort-table", metavar="COHORT",
                         help="write COHORT_lr.md: each lr and lr: auto on a cohort (above)")
     add_study_paths(parser)
     args = parser.parse_args()
     if args.auto:
         assemble_auto(args.work)
+        return
+    if args.add_lr:
+        assemble_added_lr(args.work, *args.add_lr)
         return
     if args.cohort_table:
         text = cohort_lr_table(args.work, args.cohort_table)

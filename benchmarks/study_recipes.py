@@ -99,6 +99,12 @@ CANDIDATES: dict[str, dict] = {
     # (assembled by bench_lr.py --auto like the defaults; kept under this name on 2026-11-30)
     "cand_auto_3lr": deep_merge(_DEFAULTS, {"optim": {"lr": "auto",
                                                       "lr_grid": [1e-3, 3e-3, 1e-2]}}),
+    # the defaults at lr 3e-2 (SupCon at its τ 0.5), and lr: auto with 3e-2 added to the grid
+    # (assembled by bench_lr.py --add-lr from `defaults` and cand_lr3e2): re-measured against
+    # fresh tunes, the CE family missed on 7 classes by 0.05–0.22 at every lr of the grid,
+    # where CE's tune kept lr 1.9e-2 and one seed of CE validated 0.80–0.82 at 2e-2
+    "cand_lr3e2": deep_merge(_DEFAULTS, {"optim": {"lr": 3e-2}}),
+    "cand_auto_5lr": deep_merge(_AUTO4, {"optim": {"lr_grid": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]}}),
     # SupCon with 32 bags per step under lr: auto (4 lrs): its paper's loss gains with the
     # batch (more positives and negatives per anchor), and its tune on rare witnesses, where
     # the defaults miss by 0.065, chose batch 32
@@ -107,6 +113,9 @@ CANDIDATES: dict[str, dict] = {
     # miss by 0.171 at every lr, its tune chose weight decay 0.025 and dropout 0.46
     "cand_square_reg": deep_merge(_AUTO4, {"model": {"dropout": 0.4},
                                            "optim": {"weight_decay": 0.025}}),
+    # the square loss at the other losses' dropout 0.1 and weight decay 1e-3: its defaults
+    # until cand_square_reg became them (2026-11-30; its `defaults` runs were renamed)
+    "cand_square_common": _AUTO4,
 }
 
 

@@ -350,6 +350,25 @@ def test_default_lr_is_chosen_on_validation_unless_the_config_sets_one():
             resolve_config({"optim": {"lr_grid": grid}})
 
 
+def test_the_square_loss_has_its_own_dropout_and_weight_decay(tmp_path, caplog):
+    square = resolve_config({"loss": {"name": "square"}})
+    assert (square["model"]["dropout"], square["optim"]["weight_decay"]) == (0.4, 0.025)
+    for other in ({"loss": {"name": "ce"}}, {}):
+        cfg = resolve_config(other)
+        assert (cfg["model"]["dropout"], cfg["optim"]["weight_decay"]) == (0.1, 1e-3)
+    mine = resolve_config({"loss": {"name": "square"}, "model": {"dropout": 0.2}})
+    assert (mine["model"]["dropout"], mine["optim"]["weight_decay"]) == (0.2, 0.025)
+    run_config = tmp_path / "config.yaml"
+    run_config.write_text("loss: {name: square}\nmodel: {dropout: 0.4}\n"
+                          "optim: {lr: auto, weight_decay: 0.025}\n")
+    with caplog.at_level("WARNING", logger="wsi_ncmi.formats.config"):
+        raw = load_config([run_config], {"loss": {"name": "ce"}})
+    assert resolve_config(raw)["optim"]["weight_decay"] == 0.025
+    assert "optim.weight_decay 0.025 (loss square's default); loss ce trains with it, not " \
+        "with its default 0.001" in caplog.text
+    assert "model.dropout 0.4 (loss square's default)" in caplog.text
+
+
 def test_another_losses_lr_is_kept_with_a_warning(tmp_path, caplog):
     run_config = tmp_path / "config.yaml"
     run_config.write_text("loss: {name: ncmi}\noptim: {lr: 0.003}\n")
