@@ -126,11 +126,11 @@ def load_config(paths: Sequence[Path], overrides: dict | None = None) -> dict:
     for path in paths:
         merged = deep_merge(merged, load_yaml(path))
     out = deep_merge(merged, overrides or {})
-    _warn_lr_of_another_loss(merged, out)
+    _warn_settings_of_another_loss(merged, out)
     return out
 
 
-def _warn_lr_of_another_loss(files: dict, out: dict) -> None:
+def _warn_settings_of_another_loss(files: dict, out: dict) -> None:
     """A run's ``config.yaml`` or a tune's ``best.yaml`` holds its loss's lr and settings;
     trained with another ``--loss`` it keeps them, not the new loss's defaults: say so."""
     old, new = _setting(files, "loss", "name"), _setting(out, "loss", "name")
@@ -141,8 +141,10 @@ def _warn_lr_of_another_loss(files: dict, out: dict) -> None:
         log.warning("the config sets optim.lr %s (loss %s); loss %s trains with it, not with "
                     "its default %s (set optim.lr: null for that)", lr, old, new,
                     default_lr(new))
+    if not isinstance(old, str) or old not in LOSS_DEFAULTS:
+        return
     was, now = loss_defaults(old), loss_defaults(new)
-    for section, keys in LOSS_DEFAULTS.get(old, {}).items() if isinstance(old, str) else ():
+    for section, keys in LOSS_DEFAULTS[old].items():
         for key in keys:
             value = _setting(files, section, key)
             if value == was[section][key] != now[section][key]:
