@@ -335,7 +335,7 @@ def test_training_config_spells_out_the_code_defaults(name):
 def test_default_lr_is_chosen_on_validation_unless_the_config_sets_one():
     assert set(LOSS_LR) == set(LOSS_NAMES)
     default = resolve_config({"loss": {"name": "ce"}})["optim"]
-    assert default["lr"] == "auto" and default["lr_grid"] == [3e-4, 1e-3, 3e-3, 1e-2]
+    assert default["lr"] == "auto" and default["lr_grid"] == [3e-4, 1e-3, 3e-3, 1e-2, 2e-2]
     assert single_lr(resolve_config({"loss": {"name": "ncmi"}})) == 1e-2
     unset = {"loss": {"name": "supcon"}, "optim": {"lr": None}}
     assert resolve_config(unset)["optim"]["lr"] == 1e-3

@@ -45,29 +45,32 @@ def fit(ctx: FoldContext, scores: dict, fold: dict = FOLD) -> tuple[TrainedFold,
 
 
 def test_auto_keeps_the_lr_best_on_validation_and_records_every_lr():
-    trained, calls = fit(context("ce"), {3e-4: 0.55, 1e-3: 0.60, 3e-3: 0.81, 1e-2: 0.74})
-    assert calls == [3e-4, 1e-3, 3e-3, 1e-2]
+    trained, calls = fit(context("ce"), {3e-4: 0.55, 1e-3: 0.60, 3e-3: 0.81, 1e-2: 0.74,
+                                       2e-2: 0.70})
+    assert calls == [3e-4, 1e-3, 3e-3, 1e-2, 2e-2]
     assert trained.meta["lr"] == 3e-3 and trained.meta["best_val_macro_f1"] == 0.81
     assert [(r["lr"], r["best_val_macro_f1"]) for r in trained.meta["lr_search"]] == [
-        (3e-4, 0.55), (1e-3, 0.60), (3e-3, 0.81), (1e-2, 0.74)]
+        (3e-4, 0.55), (1e-3, 0.60), (3e-3, 0.81), (1e-2, 0.74), (2e-2, 0.70)]
 
 
 @pytest.mark.parametrize(("loss", "scores", "kept"), [
-    ("ncmi", {3e-4: 0.7, 1e-3: 0.7, 3e-3: 0.7, 1e-2: 0.7}, 1e-2),  # tie: the loss's LOSS_LR
-    ("opl", {3e-4: 0.5, 1e-3: 0.5, 3e-3: 0.8, 1e-2: 0.8}, 3e-3),
-    ("ce", {3e-4: 0.5, 1e-3: 0.5, 3e-3: 0.8, 1e-2: 0.8}, 3e-3),  # default not tied: smallest
-    ("ce", {3e-4: 0.8, 1e-3: 0.5, 3e-3: 0.8, 1e-2: 0.6}, 3e-4),
+    # tie: the loss's LOSS_LR
+    ("ncmi", {3e-4: 0.7, 1e-3: 0.7, 3e-3: 0.7, 1e-2: 0.7, 2e-2: 0.7}, 1e-2),
+    ("opl", {3e-4: 0.5, 1e-3: 0.5, 3e-3: 0.8, 1e-2: 0.8, 2e-2: 0.8}, 3e-3),
+    # the default lr not tied: the smallest
+    ("ce", {3e-4: 0.5, 1e-3: 0.5, 3e-3: 0.8, 1e-2: 0.8, 2e-2: 0.8}, 3e-3),
+    ("ce", {3e-4: 0.8, 1e-3: 0.5, 3e-3: 0.8, 1e-2: 0.6, 2e-2: 0.6}, 3e-4),
 ])
 def test_exact_ties_go_to_the_losses_default_lr_else_the_smallest(loss, scores, kept):
     assert fit(context(loss), scores)[0].meta["lr"] == kept
 
 
 def test_a_diverged_lr_is_left_out_and_all_diverged_fails():
-    trained, _ = fit(context("ce"), {3e-4: 0.3, 1e-3: 0.4, 3e-3: 0.5, 1e-2: None})
+    trained, _ = fit(context("ce"), {3e-4: 0.3, 1e-3: 0.4, 3e-3: 0.5, 1e-2: None, 2e-2: 0.45})
     assert trained.meta["lr"] == 3e-3
     assert "diverged" in trained.meta["lr_search"][3]
     with pytest.raises(TrainingDiverged, match="every lr of optim.lr_grid"):
-        fit(context("ce"), {3e-4: None, 1e-3: None, 3e-3: None, 1e-2: None})
+        fit(context("ce"), {3e-4: None, 1e-3: None, 3e-3: None, 1e-2: None, 2e-2: None})
 
 
 def test_one_lr_trains_once_and_no_validation_falls_back_to_the_default(caplog):

@@ -1,8 +1,8 @@
 """The learning rate of a fold: one given, or the best of a grid on the validation slides.
 
 With ``optim.lr: auto`` (the default) :func:`fit_fold` trains the fold once per lr of
-``optim.lr_grid`` (3e-4, 1e-3, 3e-3, 1e-2), each run the same as ``train`` at that lr alone (same
-seeds, same early stopping), and keeps the run whose kept checkpoint has the highest
+``optim.lr_grid`` (3e-4, 1e-3, 3e-3, 1e-2, 2e-2), each run the same as ``train`` at that lr
+alone (same seeds, same early stopping), and keeps the run whose kept checkpoint has the highest
 validation macro-F1. Exact ties go to the loss's single default lr
 (:data:`~wsi_ncmi.formats.config.LOSS_LR`) when it is among them, else to the smallest lr. A
 run whose loss diverges (NaN/inf) is left out; when every lr diverges the fold fails. A fold
