@@ -27,12 +27,12 @@ Sections (a cohort config holds ``task`` + ``split``; a training config the rest
 - ``seed``: integer.
 
 The training defaults (dropout 0.1, AdamW with the lr of 3e-4, 1e-3, 3e-3, 1e-2 and 2e-2 that
-scores best on the fold's validation slides (``lr: auto``) and weight decay 1e-3, 100 epochs of
-a cosine schedule with early stopping after 30 epochs without a better validation macro-F1, 8 bags per
-step, 512 tiles per bag in training) were chosen on validation splits against per-cohort tuned
-recipes (``benchmarks/bench_defaults.py``, docs/training.md); those of wsi-ncmi ≤ 0.1 (lr 2e-4,
-50 epochs, 4096 tiles, no dropout) underfit. A loss may differ from them in
-:data:`LOSS_DEFAULTS` (the square loss: dropout 0.4, weight decay 0.025).
+scores best on the fold's validation slides (``lr: auto``) and weight decay 1e-3, 100 epochs
+of a cosine schedule with early stopping after 30 epochs without a better validation
+macro-F1, 8 bags per step, 512 tiles per bag in training) were chosen on validation splits
+against per-cohort tuned recipes (``benchmarks/bench_defaults.py``, docs/training.md); those
+of wsi-ncmi ≤ 0.1 (lr 2e-4, 50 epochs, 4096 tiles, no dropout) underfit. A loss may differ
+from them in :data:`LOSS_DEFAULTS` (the square loss: dropout 0.4, weight decay 0.025).
 """
 
 from __future__ import annotations
