@@ -27,7 +27,8 @@ _T25 = deep_merge(_REG, {"loss": {"ncmi": {"temperature": 0.25}}})
 #: the code's defaults spelled out as they are since SupCon's τ 0.5, the lr left to the loss
 #: (``LOSS_LR``): the base of the candidates that change one thing of the per-loss defaults
 _DEFAULTS = deep_merge(_T25, {"optim": {"lr": None}, "loss": {"supcon": {"temperature": 0.5}}})
-#: the code's defaults since 2026-11-30 spelled out: ``lr: auto`` over the four lrs
+#: the code's defaults of 2026-11-30 before 2e-2 joined the grid, spelled out: ``lr: auto``
+#: over the four lrs
 _AUTO4 = deep_merge(_DEFAULTS, {"optim": {"lr": "auto", "lr_grid": [3e-4, 1e-3, 3e-3, 1e-2]}})
 #: candidate default recipes, screened on validation (``screen``); chosen from the tunes
 CANDIDATES: dict[str, dict] = {
@@ -109,7 +110,8 @@ CANDIDATES: dict[str, dict] = {
     # Not spelled out: the code's defaults at 2e-2, so square keeps its own dropout and weight
     # decay (formats/config.LOSS_DEFAULTS), as its `defaults` runs, which --add-lr pairs it with
     "cand_lr2e2": {"optim": {"lr": 2e-2}},
-    "cand_auto_2e2": deep_merge(_AUTO4, {"optim": {"lr_grid": [3e-4, 1e-3, 3e-3, 1e-2, 2e-2]}}),
+    # (likewise not spelled out: what --add-lr assembled for square has square's own settings)
+    "cand_auto_2e2": {"optim": {"lr": "auto", "lr_grid": [3e-4, 1e-3, 3e-3, 1e-2, 2e-2]}},
     # SupCon with 32 bags per step under lr: auto (4 lrs): its paper's loss gains with the
     # batch (more positives and negatives per anchor), and its tune on rare witnesses, where
     # the defaults miss by 0.065, chose batch 32
