@@ -51,7 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from study_cohorts import COHORTS, cohort_task  # noqa: E402
-from study_recipes import CANDIDATES, OLD_DEFAULTS, lr_recipes  # noqa: E402
+from study_recipes import CANDIDATES, LR_RECIPES, OLD_DEFAULTS  # noqa: E402
 from study_tables import goal_table, markdown, screen_table, summary  # noqa: E402
 
 from wsi_ncmi.formats.config import deep_merge, load_yaml  # noqa: E402
@@ -154,9 +154,9 @@ def recipe_config(work: Path, cohort: str, loss: str, recipe: str,
 
 def loss_recipes(recipes: list[str], loss: str) -> list[str]:
     """``recipes`` with ``lr-study`` replaced by the recipes of the lr study, the defaults at
-    each of its lrs (:func:`study_recipes.lr_recipes`): the runs ``bench_lr.py`` reads, and
+    each of its lrs (:data:`study_recipes.LR_RECIPES`): the runs ``bench_lr.py`` reads, and
     assembles ``lr: auto`` from."""
-    study = list(lr_recipes(loss).values())
+    study = list(LR_RECIPES.values())
     return [x for r in recipes for x in (study if r == "lr-study" else [r])]
 
 

@@ -23,8 +23,8 @@ assembles each cohort's and loss's ``defaults`` run from these runs instead of t
 again: per seed the package's own rule picks the lr, the kept run is copied with the
 ``model.json`` and ``config.yaml`` train would write, and the assembly is evaluated on test
 (``assembled.json`` in the run says so). A ``defaults`` run at one lr (before ``lr: auto``) is
-kept under its lr's recipe (``study_recipes.lr_recipes``); cells without a run at every lr are
-named, to be trained with ``bench_defaults.py runs --recipes lr-study`` (or ``defaults``,
+kept under its lr's recipe (``study_recipes.LR_RECIPES``); cells without a run at every lr
+are named, to be trained with ``bench_defaults.py runs --recipes lr-study`` (or ``defaults``,
 which trains ``lr: auto`` for real).
 
 ``--add-lr EXTRA INTO`` does the same for one lr more: per cohort and loss, the recipe INTO
@@ -63,7 +63,7 @@ from bench_defaults import (  # noqa: E402
     validation_f1,
 )
 from study_cohorts import LEARNABLE  # noqa: E402
-from study_recipes import CANDIDATES, lr_recipes  # noqa: E402
+from study_recipes import CANDIDATES, LR_RECIPES  # noqa: E402
 from study_recipes import LR_STUDY as LRS  # noqa: E402
 
 from wsi_ncmi.formats.config import LOSS_LR, LR_GRID, load_yaml, resolve_config  # noqa: E402
@@ -198,7 +198,7 @@ def assemble_auto(work: Path) -> list[str]:
         if loss not in LOSS_LR:
             continue
         cell, want, names = f"{loss_dir.parent.name}/{loss}", defaults_but_lr(loss), \
-            lr_recipes(loss)
+            LR_RECIPES
         if is_multi_seed(old) and (was := study_lr(old, want)) is not None:
             kept = loss_dir / names[was]
             if not is_multi_seed(kept):
@@ -313,7 +313,7 @@ def cohort_lr_table(work: Path, cohort: str) -> str:
              "|---|---|---|---|---|---|"]
     for loss_dir in sorted((work / "runs" / cohort).glob("*")):
         loss = loss_dir.name
-        names = [("lr " + f"{lr:g}", loss_dir / r) for lr, r in lr_recipes(loss).items()]
+        names = [("lr " + f"{lr:g}", loss_dir / r) for lr, r in LR_RECIPES.items()]
         for label, run in [*names, ("lr: auto", loss_dir / "defaults")]:
             if not is_evaluated(run):
                 continue

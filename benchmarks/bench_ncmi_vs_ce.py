@@ -21,7 +21,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_defaults import add_study_paths, compared, first_config, is_evaluated  # noqa: E402
 from study_cohorts import LEARNABLE  # noqa: E402
-from study_recipes import lr_recipes  # noqa: E402
+from study_recipes import LR_RECIPES  # noqa: E402
 
 from wsi_ncmi.formats.config import LR_GRID  # noqa: E402
 
@@ -31,7 +31,7 @@ from wsi_ncmi.formats.config import LR_GRID  # noqa: E402
 #: three lrs (``cand_auto_3lr``); the defaults (``lr: auto`` over ``LR_GRID``)
 RECIPES = {"tuned": ("tuned", "tuned"),
            "defaults_lr1e3": ("defaults_lr1e3", "defaults_lr1e3"),
-           "loss_lr": (lr_recipes("ncmi")[1e-2], lr_recipes("ce")[1e-3]),
+           "loss_lr": (LR_RECIPES[1e-2], LR_RECIPES[1e-3]),
            "auto_3lr": ("cand_auto_3lr", "cand_auto_3lr"),
            "defaults": ("defaults", "defaults")}
 HEADS = ("linear_probe", "centroid")

@@ -126,16 +126,15 @@ CANDIDATES: dict[str, dict] = {
 }
 
 
-#: the lrs of the lr study (``bench_lr.py``), and per lr the recipe of the defaults but the lr;
-#: SupCon's keep its default τ 0.5, which the other candidates spell as the old 0.1
-LR_STUDY = (3e-4, 1e-3, 3e-3, 1e-2)
-_LR_RECIPES = ("cand_t25_lr3e4", "defaults_lr1e3", "cand_t25_lr3e3", "cand_t25_lr1e2")
-_SUPCON_LR_RECIPES = ("cand_supcon_t05_lr3e4", "cand_supcon_t05", "cand_supcon_t05_lr3e3",
-                      "cand_supcon_t05_lr1e2")
-
-
-def lr_recipes(loss: str) -> dict[float, str]:
-    """lr of :data:`LR_STUDY` → the recipe that trains ``loss`` with the code's defaults but
-    that lr."""
-    return dict(zip(LR_STUDY, _SUPCON_LR_RECIPES if loss == "supcon" else _LR_RECIPES,
-                    strict=True))
+#: the lrs of the lr study (``bench_lr.py``): the code's grid (``formats/config.LR_GRID``)
+LR_STUDY = (3e-4, 1e-3, 3e-3, 1e-2, 2e-2)
+#: lr of :data:`LR_STUDY` → the recipe that trains the code's defaults at that lr alone, not
+#: spelled out (so every loss, square with its own dropout and weight decay, SupCon at τ 0.5,
+#: trains what ``lr: auto`` trains at that lr); the 2e-2 runs were first the candidate
+#: cand_lr2e2 (2026-11-30). The lr study before then ran the spelled-out cand_t25_lr3e4,
+#: defaults_lr1e3, cand_t25_lr3e3, cand_t25_lr1e2 (SupCon: cand_supcon_t05_lr3e4, _t05,
+#: _t05_lr3e3, _t05_lr1e2), the common settings of every loss then.
+LR_RECIPES = dict(zip(LR_STUDY, ("lr3e4", "lr1e3", "lr3e3", "lr1e2", "cand_lr2e2"),
+                      strict=True))
+CANDIDATES.update({name: {"optim": {"lr": lr}} for lr, name in LR_RECIPES.items()
+                   if name not in CANDIDATES})
