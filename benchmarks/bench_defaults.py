@@ -51,7 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from study_cohorts import COHORTS, cohort_task  # noqa: E402
-from study_recipes import CANDIDATES, LR_RECIPES, OLD_DEFAULTS  # noqa: E402
+from study_recipes import ASSEMBLED_ONLY, CANDIDATES, LR_RECIPES, OLD_DEFAULTS  # noqa: E402
 from study_tables import goal_table, markdown, screen_table, summary  # noqa: E402
 
 from wsi_ncmi.formats.config import deep_merge, load_yaml  # noqa: E402
@@ -172,6 +172,8 @@ def run_cell(work: Path, results: Path, cohort: str, loss: str, recipe: str, see
     out = work / "runs" / cohort / loss / recipe
     if is_multi_seed(out) and is_evaluated(out):
         return out
+    if recipe in ASSEMBLED_ONLY:
+        raise SystemExit(f"{recipe} is assembled, not trained (study_recipes.py says by what)")
     t0 = time.perf_counter()
     train_seeds(recipe_config(work, cohort, loss, recipe, results), out, features, manifest,
                 seeds)

@@ -120,11 +120,22 @@ CANDIDATES: dict[str, dict] = {
     # miss by 0.171 at every lr, its tune chose weight decay 0.025 and dropout 0.46
     "cand_square_reg": deep_merge(_AUTO4, {"model": {"dropout": 0.4},
                                            "optim": {"weight_decay": 0.025}}),
+    # the code's defaults over the first four lrs, not spelled out (square at its own settings):
+    # the `defaults` runs of 2026-11-30 before 2e-2 joined the grid, kept under this name
+    "cand_auto_4lr": {"optim": {"lr": "auto", "lr_grid": [3e-4, 1e-3, 3e-3, 1e-2]}},
+    # lr: auto with each lr scored by its run's five best validation epochs, not the best one
+    # (results/defaults_rerun/lr_choice_rule.md): a rule, not a setting, so only
+    # bench_lr_choice.py makes it, from the lr study's runs (ASSEMBLED_ONLY)
+    "cand_auto_top5": {"optim": {"lr": "auto"}},
     # the square loss at the other losses' dropout 0.1 and weight decay 1e-3: its defaults
     # until cand_square_reg became them (2026-11-30; its `defaults` runs were renamed)
     "cand_square_common": _AUTO4,
 }
 
+
+#: recipes that ``bench_defaults.py runs`` refuses to train: what their config says is not
+#: what they are (their runs are assembled by the script named in the recipe's comment)
+ASSEMBLED_ONLY = frozenset({"cand_auto_top5"})
 
 #: the lrs of the lr study (``bench_lr.py``): the code's grid (``formats/config.LR_GRID``)
 LR_STUDY = (3e-4, 1e-3, 3e-3, 1e-2, 2e-2)
