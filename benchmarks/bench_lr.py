@@ -1,4 +1,4 @@
-"""The learning rate per loss: the defaults study's runs at lr 3e-4, 1e-3, 3e-3 and 1e-2.
+"""The learning rate per loss: the defaults study's runs at each lr of the code's grid.
 
 Reads the multi-seed runs of ``bench_defaults.py`` (``--work``) whose recipe is the code's
 current defaults but for the lr, at one of :data:`LRS` (model, optimiser and loss settings of
