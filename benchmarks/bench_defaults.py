@@ -248,10 +248,15 @@ def cohort_table(work: Path, cohort: str, losses: list[str], n_boot: int) -> pd.
             continue
         configs = {r: first_config(folder / r) for r in recipes}
         for head in (own_head(loss), "linear_probe"):
-            cmp_rows, pairs = compared([folder / r for r in recipes],
-                                       work / "compare" / cohort / loss / head, head, n_boot)
-            by_name = {r["run"]: r for r in cmp_rows}
-            diffs = {p["b"]: p for p in pairs if p["a"] == "tuned"}
+            by_name, diffs = {}, {}
+            # one comparison per recipe against tuned: the table reads no other pair, and
+            # comparing all recipes at once costs every pair (quadratic in the recipes)
+            for recipe in recipes[1:]:
+                cmp_rows, pairs = compared([folder / "tuned", folder / recipe],
+                                           work / "compare" / cohort / loss / head / recipe,
+                                           head, n_boot)
+                by_name.update({r["run"]: r for r in cmp_rows})
+                diffs[recipe] = pairs[0]
             for recipe in recipes:
                 r = by_name[recipe]
                 d = diffs.get(recipe)
