@@ -312,7 +312,7 @@ def main() -> None:
     parser.add_argument("--losses", default="ncmi,ce")
     parser.add_argument("--recipes", default="old_defaults,tuned",
                         help="recipes for `runs` / `screen` (comma-separated; `lr-study`: "
-                        "the defaults at the lr study's other two lrs)")
+                        "the code's defaults at each lr of the grid alone)")
     parser.add_argument("--trials", type=int, default=8, help="tune trials per loss")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds of `runs`")
     parser.add_argument("--n-boot", type=int, default=300)
