@@ -152,7 +152,7 @@ def recipe_config(work: Path, cohort: str, loss: str, recipe: str,
     return deep_merge(base, recipe_cfg)
 
 
-def loss_recipes(recipes: list[str], loss: str) -> list[str]:
+def expand_recipes(recipes: list[str]) -> list[str]:
     """``recipes`` with ``lr-study`` replaced by the recipes of the lr study, the defaults at
     each of its lrs (:data:`study_recipes.LR_RECIPES`): the runs ``bench_lr.py`` reads, and
     assembles ``lr: auto`` from."""
@@ -322,7 +322,8 @@ def main() -> None:
     logging.getLogger("wsi_ncmi").setLevel(logging.WARNING)
     torch.set_num_threads(1)
     cohorts, losses = args.cohorts.split(","), args.losses.split(",")
-    recipes, seeds = args.recipes.split(","), [int(s) for s in args.seeds.split(",")]
+    recipes = expand_recipes(args.recipes.split(","))
+    seeds = [int(s) for s in args.seeds.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
     timer = Timer(args.work)
     t_all = time.perf_counter()
@@ -335,12 +336,12 @@ def main() -> None:
             if args.step in ("tune", "all"):
                 tune_cell(args.work, args.results, cohort, loss, args.trials, timer)
             if args.step in ("runs", "all"):
-                for recipe in loss_recipes(recipes, loss):
+                for recipe in recipes:
                     run_cell(args.work, args.results, cohort, loss, recipe, seeds, args.n_boot,
                              timer)
             if args.step == "screen":
                 rows = [screen_cell(args.work, cohort, loss, r, timer)
-                        for r in loss_recipes(recipes, loss)]
+                        for r in recipes]
                 with (args.work / "screen.jsonl").open("a") as f:
                     f.writelines(json.dumps(r) + "\n" for r in rows)
     if args.step in ("table", "all"):

@@ -184,6 +184,22 @@ def auto_seed(runs: dict[float, Path], out: Path) -> float:
     return kept.meta["lr"]
 
 
+def lr_study_runs(loss_dir: Path) -> dict[float, Path] | None:
+    """lr → the evaluated multi-seed run of the code's defaults at that lr, for every lr of
+    :data:`LRS`, in a cohort's loss folder; None when one is missing or not that recipe."""
+    want = defaults_but_lr(loss_dir.name)
+    runs = {lr: loss_dir / LR_RECIPES[lr] for lr in LRS}
+    return (runs if all(study_lr(r, want) == lr and is_evaluated(r) for lr, r in runs.items())
+            else None)
+
+
+def seeds_by_lr(runs: dict[float, Path]) -> dict[int, dict[float, Path]]:
+    """Seed → lr → that seed's run, over the seeds every lr's multi-seed run has."""
+    by_lr = {lr: seed_runs(r) for lr, r in runs.items()}
+    common = sorted(set.intersection(*(set(s) for s in by_lr.values())))
+    return {s: {lr: seeds[s] for lr, seeds in by_lr.items()} for s in common}
+
+
 def assemble_auto(work: Path) -> list[str]:
     """Per cohort and loss of ``work/runs``: ``defaults`` (the code's defaults, ``lr: auto``)
     assembled seed by seed from the lr study's runs (:func:`auto_seed`), then evaluated on
@@ -197,10 +213,9 @@ def assemble_auto(work: Path) -> list[str]:
         loss, old = loss_dir.name, loss_dir / "defaults"
         if loss not in LOSS_LR:
             continue
-        cell, want, names = f"{loss_dir.parent.name}/{loss}", defaults_but_lr(loss), \
-            LR_RECIPES
-        if is_multi_seed(old) and (was := study_lr(old, want)) is not None:
-            kept = loss_dir / names[was]
+        cell = f"{loss_dir.parent.name}/{loss}"
+        if is_multi_seed(old) and (was := study_lr(old, defaults_but_lr(loss))) is not None:
+            kept = loss_dir / LR_RECIPES[was]
             if not is_multi_seed(kept):
                 old.rename(kept)
             elif abs(validation_f1(kept) - validation_f1(old)) < 1e-9:
@@ -211,18 +226,15 @@ def assemble_auto(work: Path) -> list[str]:
             print(f"{cell}: defaults at lr {was:g} kept as {kept.name}")
         if is_multi_seed(old):
             continue
-        runs = {lr: loss_dir / names[lr] for lr in LRS}
-        if not all(study_lr(r, want) == lr and is_evaluated(r) for lr, r in runs.items()):
+        if (runs := lr_study_runs(loss_dir)) is None:
             todo.append(cell)
             print(f"{cell}: no run at some lr of {LRS}: train them (bench_defaults.py runs)")
             continue
-        by_seed = {lr: seed_runs(r) for lr, r in runs.items()}
-        common = sorted(set.intersection(*(set(s) for s in by_seed.values())))
         info = {"what": "lr: auto assembled from the lr study's runs (bench_lr.py --auto)",
                 "from": {str(lr): r.name for lr, r in runs.items()}}
-        picks = write_assembly(old, {s: partial(auto_seed, {lr: seeds[s] for lr, seeds
-                                                             in by_seed.items()})
-                                     for s in common}, runs[LRS[0]], info)
+        picks = write_assembly(old, {s: partial(auto_seed, at_lr)
+                                     for s, at_lr in seeds_by_lr(runs).items()},
+                               runs[LRS[0]], info)
         print(f"{cell}: defaults = lr auto, kept lr per seed {picks}")
     return todo
 

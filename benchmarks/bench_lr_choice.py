@@ -31,12 +31,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_defaults import add_study_paths, is_evaluated  # noqa: E402
-from bench_lr import defaults_but_lr, study_lr, write_assembly  # noqa: E402
-from study_recipes import LR_RECIPES  # noqa: E402
+from bench_lr import lr_study_runs, seeds_by_lr, write_assembly  # noqa: E402
 
 from wsi_ncmi.formats.config import LOSS_LR, load_yaml  # noqa: E402
 from wsi_ncmi.formats.runfolder import read_splits  # noqa: E402
-from wsi_ncmi.formats.seedruns import seed_runs  # noqa: E402
 from wsi_ncmi.model.fit import FoldContext, TrainedFold  # noqa: E402
 from wsi_ncmi.model.lrchoice import fit_fold  # noqa: E402
 
@@ -85,16 +83,12 @@ def assemble(work: Path) -> None:
         loss, out = loss_dir.name, loss_dir / RECIPE
         if loss not in LOSS_LR or is_evaluated(out):
             continue
-        want = defaults_but_lr(loss)
-        runs = {lr: loss_dir / name for lr, name in LR_RECIPES.items()}
-        if not all(study_lr(r, want) == lr and is_evaluated(r) for lr, r in runs.items()):
+        if (runs := lr_study_runs(loss_dir)) is None:
             print(f"{loss_dir.parent.name}/{loss}: no run at some lr; skipped")
             continue
-        by_seed = {lr: seed_runs(r) for lr, r in runs.items()}
-        common = sorted(set.intersection(*(set(s) for s in by_seed.values())))
-        picks = write_assembly(out, {s: partial(top_k_seed, {lr: seeds[s] for lr, seeds
-                                                              in by_seed.items()})
-                                     for s in common}, runs[min(runs)],
+        picks = write_assembly(out, {s: partial(top_k_seed, at_lr)
+                                     for s, at_lr in seeds_by_lr(runs).items()},
+                               runs[min(runs)],
                                {"what": f"lr: auto, each lr scored by the mean validation "
                                         f"macro-F1 of its {K} best epochs (bench_lr_choice.py)",
                                 "from": {str(lr): r.name for lr, r in runs.items()}})
