@@ -41,12 +41,14 @@ from study_cohorts import LEARNABLE, cohort_task  # noqa: E402
 from study_tables import GOAL  # noqa: E402
 
 from wsi_ncmi.formats.config import LOSS_LR  # noqa: E402
-from wsi_ncmi.formats.seedruns import is_multi_seed, seed_runs  # noqa: E402
+from wsi_ncmi.formats.seedruns import is_multi_seed, seed_dir, seed_runs  # noqa: E402
+from wsi_ncmi.model.fit import TrainingDiverged  # noqa: E402
 from wsi_ncmi.stages.compare import check_comparable, load_evaluated, paired_inputs  # noqa: E402
 from wsi_ncmi.stages.multiseed import evaluate_seeds, train_seeds  # noqa: E402
 from wsi_ncmi.stats.bootstrap import seed_paired_difference  # noqa: E402
 
 RESEED = "tuned_reseed"
+DIVERGED = "diverged.txt"
 N_BOOT = 300  # as bench_defaults.py's tables
 
 log = logging.getLogger("bench_noise_floor")
@@ -55,17 +57,27 @@ log = logging.getLogger("bench_noise_floor")
 def reseed_cell(work: Path, results: Path, cohort: str, loss: str, seeds: list[int],
                 timer: Timer) -> Path | None:
     """Train and evaluate the tuned recipe with ``seeds`` (skipped when done; None where the
-    cohort has no evaluated ``tuned`` run for the loss)."""
+    cohort has no evaluated ``tuned`` run for the loss, or where a seed's training diverged:
+    then ``tuned_reseed/diverged.txt`` says where, and the cell has no Δ)."""
     folder = work / "runs" / cohort / loss
     if not is_evaluated(folder / "tuned"):
         return None
     out = folder / RESEED
+    if (out / DIVERGED).is_file():
+        return None
     if is_multi_seed(out) and is_evaluated(out):
         return out
     features, manifest, _ = cohort_task(cohort, work / "cohorts")
     t0 = time.perf_counter()
-    train_seeds(recipe_config(work, cohort, loss, "tuned", results), out, features, manifest,
-                seeds)
+    try:
+        train_seeds(recipe_config(work, cohort, loss, "tuned", results), out, features,
+                    manifest, seeds)
+    except TrainingDiverged as exc:
+        failed = [s for s in seeds if not (seed_dir(out, s) / "fold_0" / "model.json").is_file()]
+        (out / DIVERGED).write_text(f"seed {failed[0]}: {exc}\n")
+        log.warning("%s/%s: the tuned recipe diverged at seed %s (%s)", cohort, loss,
+                    failed[0], exc)
+        return None
     evaluate_seeds(out, "test", n_boot=N_BOOT, seed=0, device="cpu")
     timer.record(f"runs:{RESEED}", cohort, loss, time.perf_counter() - t0)
     return out
@@ -93,6 +105,11 @@ def delta_rows(work: Path, results: Path, cohorts: list[str]) -> pd.DataFrame:
                     .set_index(["loss", "head"])["diff_vs_tuned"] if table.is_file() else None)
         for loss in LOSS_LR:
             folder = work / "runs" / cohort / loss
+            if (folder / RESEED / DIVERGED).is_file():
+                rows.append({"cohort": cohort, "loss": loss, "head": own_head(loss),
+                             "diff": None, "diverged": (folder / RESEED / DIVERGED)
+                             .read_text().split(":")[0]})
+                continue
             if not (is_evaluated(folder / "tuned") and is_evaluated(folder / RESEED)):
                 continue
             for head in (own_head(loss), "linear_probe"):
@@ -104,7 +121,15 @@ def delta_rows(work: Path, results: Path, cohorts: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _cell(r: pd.Series) -> str:
+    if pd.isna(r["diff"]):
+        return f"diverged ({r['diverged']})"
+    return (("✗ " if r["diff"] < GOAL else "") + f"{r['diff']:+.3f} "
+            f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")
+
+
 def _counts(d: pd.Series) -> str:
+    d = d.dropna()
     return (f"{len(d)} | {int((d < GOAL).sum())} | {d.mean():+.3f} | "
             f"{(GOAL - d).clip(lower=0).mean():.4f} | {d.min():+.3f} | {d.std():.3f}")
 
@@ -115,15 +140,13 @@ def noise_table(rows: pd.DataFrame) -> str:
     lines = ["| loss (head) | " + " | ".join(cohorts) + " |", "|" + "---|" * (1 + len(cohorts))]
     for (loss, head), group in rows.groupby(["loss", "head"], sort=False):
         by = group.set_index("cohort")
-        cells = [("✗ " if by.loc[c, "diff"] < GOAL else "") + f"{by.loc[c, 'diff']:+.3f} "
-                 f"[{by.loc[c, 'ci_low']:+.3f}, {by.loc[c, 'ci_high']:+.3f}]"
-                 if c in by.index else "–" for c in cohorts]
+        cells = [_cell(by.loc[c]) if c in by.index else "–" for c in cohorts]
         lines.append(f"| {loss} ({head}) | " + " | ".join(cells) + " |")
     cols = "cells | misses | mean Δ | mean shortfall | worst Δ | sd of Δ"
     lines += ["", f"| head | Δ of | {cols} |", "|" + "---|" * 8]
     for name, mask in (("own head", rows["head"] != "linear_probe"),
                        ("linear probe", rows["head"] == "linear_probe")):
-        part = rows[mask]
+        part = rows[mask & rows["diff"].notna()]
         lines.append(f"| {name} | tuned, other seeds − tuned | {_counts(part['diff'])} |")
         known = part["defaults_diff"].dropna()
         if len(known):
@@ -133,7 +156,8 @@ def noise_table(rows: pd.DataFrame) -> str:
             "95 % interval over test patients, 300 replicates, as goal.md). Both sides are one "
             "recipe, so every ✗ (a Δ below the goal's −0.03) is noise; the counts below give "
             "the goal table's misses at no difference, beside the defaults' on the same "
-            "cells.\n\n" + "\n".join(lines) + "\n")
+            "cells (a cell whose reseeded tuned recipe diverged has no Δ and is left out of "
+            "both counts).\n\n" + "\n".join(lines) + "\n")
 
 
 def main() -> None:

@@ -103,6 +103,10 @@ def test_claim_table_agrees_with_hand_computation(claimed):
     assert own.loc["ncmi", "diff_macro_f1"] == pytest.approx(diff.mean())
     assert own.loc["ncmi", "claim_better_seeds"] == int((diff > 0).sum())
     assert own.loc["ncmi", "diff_macro_f1_ci_low"] <= own.loc["ncmi", "diff_macro_f1_ci_high"]
+    # the interval over seeds too holds the mean over any draw of the two seeds: each seed's Δ
+    seeds_ci = own.loc["ncmi", ["diff_macro_f1_seeds_ci_low", "diff_macro_f1_seeds_ci_high"]]
+    assert seeds_ci.iloc[0] <= diff.mean() <= seeds_ci.iloc[1] or diff.min() == diff.max()
+    assert own[["diff_macro_f1_seeds_ci_low"]].drop(index="ncmi").isna().all().all()
     assert own[["diff_macro_f1"]].drop(index="ncmi").isna().all().all()
     probe = table[table["head"] == "linear_probe"].set_index("loss")
     assert probe.loc["ce", "macro_f1"] == pytest.approx(

@@ -69,6 +69,23 @@ def test_one_patient_draw_per_replicate_is_shared_by_every_seed():
     independent = [seed_paired_difference(y, [x], [z], units, 300, seed=s)["macro_f1"]
                    for s in (1, 2)]
     assert all(e["ci95"][1] - e["ci95"][0] > 0.05 for e in independent)
+    assert all(e["ci95_seeds"] is None for e in independent)  # one seed: nothing to resample
+    # resampling the seeds as well draws seed 0 twice or seed 1 twice in half the replicates:
+    # the recipes' interval spans the seeds' disagreement, ±|d| around 0
+    d = abs(diff["macro_f1"]["per_seed"][0])
+    lo, hi = diff["macro_f1"]["ci95_seeds"]
+    assert d > 0 and lo < 0 < hi
+
+
+def test_seeds_interval_equals_the_patient_interval_when_the_seeds_agree():
+    """Seeds that are copies of one another: drawing seeds changes no replicate's mean."""
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 40)
+    x, z = rng.dirichlet(np.ones(3), 40), rng.dirichlet(np.ones(3), 40)
+    units = resampling_units([f"s{i}" for i in range(40)], None)
+    diff = seed_paired_difference(y, [x, x, x], [z, z, z], units, 200, seed=2)
+    for name in SCALARS:
+        assert diff[name]["ci95_seeds"] == pytest.approx(diff[name]["ci95"], abs=1e-12)
 
 
 def numpy_macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
@@ -97,22 +114,30 @@ def test_seed_paired_interval_matches_an_independent_numpy_loop():
                                                            patients), n_boot, seed)
     # the documented draw: per replicate, default_rng(seed).integers(0, U, U) patients (sorted
     # patient ids as unit numbers), each with all its slides, shared by every seed
+    # and, for the interval over seeds too, per replicate default_rng([seed, 1]).integers(0,
+    # S, S) seed pairs, after that replicate's patients
     names = sorted(set(patients))
     slides_of = [np.flatnonzero(np.array(patients) == p) for p in names]
-    draws = np.random.default_rng(seed)
+    draws, seed_draws = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     means = {"macro_f1": [], "accuracy": []}
+    seeds_means = {"macro_f1": [], "accuracy": []}
     for _ in range(n_boot):
         idx = np.concatenate([slides_of[u] for u in draws.integers(0, len(names), len(names))])
+        drawn = seed_draws.integers(0, n_seeds, n_seeds)
         for name, metric in (("accuracy", lambda t, p: float(np.mean(t == p))),
                              ("macro_f1", numpy_macro_f1)):
-            means[name].append(np.mean([metric(y[idx], sb[idx].argmax(1))
-                                        - metric(y[idx], sa[idx].argmax(1))
-                                        for sa, sb in zip(a, b, strict=True)]))
+            per_seed = np.array([metric(y[idx], sb[idx].argmax(1))
+                                 - metric(y[idx], sa[idx].argmax(1))
+                                 for sa, sb in zip(a, b, strict=True)])
+            means[name].append(per_seed.mean())
+            seeds_means[name].append(per_seed[drawn].mean())
     assert numpy_macro_f1(y, a[0].argmax(1)) == pytest.approx(
         f1_score(y, a[0].argmax(1), average="macro"), abs=1e-12)
     for name, values in means.items():
         assert got[name]["ci95"] == pytest.approx(np.percentile(values, [2.5, 97.5]),
                                                   abs=1e-12)
+        assert got[name]["ci95_seeds"] == pytest.approx(
+            np.percentile(seeds_means[name], [2.5, 97.5]), abs=1e-12)
         per_seed = [f1_score(y, sb.argmax(1), average="macro")
                     - f1_score(y, sa.argmax(1), average="macro") if name == "macro_f1" else
                     accuracy_score(y, sb.argmax(1)) - accuracy_score(y, sa.argmax(1))

@@ -45,8 +45,9 @@ CLAIM_HEADS = ("own", "linear_probe", "centroid", "classifier")
 COLUMNS = ("head", "loss", "role", "val_macro_f1", "val_auc", "n_seeds", "n_slides",
            "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high", "macro_f1_seed_sd",
            "auc", "auc_ci_low", "auc_ci_high", "auc_seed_sd", "diff_macro_f1",
-           "diff_macro_f1_ci_low", "diff_macro_f1_ci_high", "diff_auc", "diff_auc_ci_low",
-           "diff_auc_ci_high", "claim_better_seeds")
+           "diff_macro_f1_ci_low", "diff_macro_f1_ci_high", "diff_macro_f1_seeds_ci_low",
+           "diff_macro_f1_seeds_ci_high", "diff_auc", "diff_auc_ci_low", "diff_auc_ci_high",
+           "diff_auc_seeds_ci_low", "diff_auc_seeds_ci_high", "claim_better_seeds")
 
 
 @dataclass
@@ -125,6 +126,12 @@ def _num(x: float | None) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
+def _difference(entry: dict) -> tuple:
+    """A difference's value, its interval over patients and its interval over seeds and
+    patients (None for one seed)."""
+    return (entry["diff"], *entry["ci95"], *(entry["ci95_seeds"] or (None, None)))
+
+
 def head_rows(head: str, runs: dict[str, Path], values: dict[str, tuple[float, float]],
               claim: str, baseline: str, split: str, fold: int | None, n_boot: int,
               seed: int) -> list[dict]:
@@ -149,8 +156,8 @@ def head_rows(head: str, runs: dict[str, Path], values: dict[str, tuple[float, f
         rows.append(dict(zip(COLUMNS, (
             head if head != "own" else f"own ({actual})", loss, role, values[loss][0],
             _num(values[loss][1]), n_seeds[loss], len(y), *map(_num, f1), *map(_num, auc),
-            *((d["macro_f1"]["diff"], *d["macro_f1"]["ci95"], d["auc_macro"]["diff"],
-               *d["auc_macro"]["ci95"], d["macro_f1"]["b_better"]) if d else (None,) * 7)),
+            *((*map(_num, _difference(d["macro_f1"])), *map(_num, _difference(d["auc_macro"])),
+               d["macro_f1"]["b_better"]) if d else (None,) * 11)),
             strict=True)))
     return rows
 
@@ -166,8 +173,12 @@ def render(rows: list[dict], claim: str, baseline: str, split: str, fold: int | 
     def delta(r: dict, key: str) -> str:
         if r[f"diff_{key}"] is None:
             return ""
-        return (f"{r[f'diff_{key}']:+.3f} [{r[f'diff_{key}_ci_low']:+.3f}, "
+        text = (f"{r[f'diff_{key}']:+.3f} [{r[f'diff_{key}_ci_low']:+.3f}, "
                 f"{r[f'diff_{key}_ci_high']:+.3f}]")
+        if r[f"diff_{key}_seeds_ci_low"] is None:
+            return text
+        return (f"{text} [{r[f'diff_{key}_seeds_ci_low']:+.3f}, "
+                f"{r[f'diff_{key}_seeds_ci_high']:+.3f}]")
 
     body = [(r["head"], r["loss"], r["role"], fmt(r["val_macro_f1"]), ci(r, "macro_f1"),
              ci(r, "auc"), delta(r, "macro_f1"), delta(r, "auc"),
@@ -184,7 +195,10 @@ def render(rows: list[dict], claim: str, baseline: str, split: str, fold: int | 
              f"Best baseline: the highest validation macro-F1 of its tune ({baseline}); the "
              f"{split} split chose nothing.",
              f"Metrics: mean over seeds [95 % interval, {n_boot} resamples of patients "
-             f"shared by every seed]. Δ: {claim} − {baseline}, paired by seed and patient; "
+             f"shared by every seed]. Δ: {claim} − {baseline}, paired by seed and patient, "
+             "with two 95 % intervals: the first over patients, given these trained seeds; "
+             "the second also resamples the seeds, and is the one that says whether the loss "
+             "beats the baseline rather than these models theirs. "
              f"'won': seeds where {claim} scored higher.", "",
              *table(("head", "loss", "role", "val macro-F1", "macro-F1", "AUC",
                      "Δ macro-F1", "Δ AUC", "won"), body)]

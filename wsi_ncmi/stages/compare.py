@@ -11,7 +11,9 @@ Multi-seed folders (``train --seeds``, :mod:`wsi_ncmi.formats.seedruns`) are pai
 and by patient: on the seeds every folder holds, B − A is averaged over seeds, each bootstrap
 replicate draws the patients once for every seed
 (:func:`wsi_ncmi.stats.bootstrap.seed_paired_difference`), and the report says in how many
-seeds B beat A. A comparison of single runs says that it rests on one seed. Single runs and
+seeds B beat A. Beside that interval (these trained models, resampled patients) stands one that
+also resamples the seeds: the one to read when the question is whether one recipe or loss beats
+another. A comparison of single runs says that it rests on one seed. Single runs and
 multi-seed folders are not mixed.
 
 Writes ``comparison.csv`` (one row per run), ``differences.csv`` (one row per pair and metric),
@@ -221,7 +223,10 @@ def write_comparison(out_dir: Path, rows: list[dict], pairs: list[dict], text: s
     diffs = pd.DataFrame([
         {"run_a": p["a"], "run_b": p["b"], "metric": m, "value_a": p[m]["a"],
          "value_b": p[m]["b"], "diff_b_minus_a": p[m]["diff"], "ci_low": p[m]["ci95"][0],
-         "ci_high": p[m]["ci95"][1], "n_boot_valid": p[m]["n_valid"],
+         "ci_high": p[m]["ci95"][1],
+         **dict(zip(("ci_seeds_low", "ci_seeds_high"), p[m]["ci95_seeds"] or (None, None),
+                    strict=True)),
+         "n_boot_valid": p[m]["n_valid"],
          "n_seeds": p[m]["n_seeds"], "b_better_seeds": p[m]["b_better"],
          "tied_seeds": p[m]["ties"]}
         for p in pairs for m in SCALARS])

@@ -161,6 +161,12 @@ def _delta(entry: dict) -> str:
     return f"{fmt(entry['diff'])} [{fmt(entry['ci95'][0])}, {fmt(entry['ci95'][1])}]"
 
 
+def _seeds_ci(entry: dict) -> str:
+    """The interval over seeds and patients (``ci95_seeds``), or n/a."""
+    ci = entry.get("ci95_seeds")
+    return "n/a" if ci is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
 def _wins(entry: dict) -> str:
     ties = f", {entry['ties']} tied" if entry["ties"] else ""
     return f"{entry['b_better']} of {entry['n_seeds']}{ties}"
@@ -192,18 +198,23 @@ def render_compare_report(rows: list[dict], pairs: list[dict], split: str, head:
         header.append("macro-F1 sd over seeds")
         for line, r in zip(body, rows, strict=True):
             line.append(fmt(r["macro_f1"]["seed_sd"]))
-        pair_header = ["runs", "Δ macro-F1 (mean over seeds)", "B better (macro-F1)",
-                       "Δ AUC (mean over seeds)", "B better (AUC)", "Δ macro-F1 per seed"]
-        diff_rows = [[f"{p['b']} − {p['a']}", _delta(p["macro_f1"]), _wins(p["macro_f1"]),
-                      _delta(p["auc_macro"]), _wins(p["auc_macro"]),
+        pair_header = ["runs", "Δ macro-F1 (mean over seeds) [patients]",
+                       "[seeds and patients]", "B better (macro-F1)",
+                       "Δ AUC (mean over seeds) [patients]", "[seeds and patients]",
+                       "B better (AUC)", "Δ macro-F1 per seed"]
+        diff_rows = [[f"{p['b']} − {p['a']}", _delta(p["macro_f1"]), _seeds_ci(p["macro_f1"]),
+                      _wins(p["macro_f1"]), _delta(p["auc_macro"]), _seeds_ci(p["auc_macro"]),
+                      _wins(p["auc_macro"]),
                       ", ".join(f"{s}: {d:+.3f}" for s, d in
                                 zip(seeds, p["macro_f1"]["per_seed"], strict=True))]
                      for p in pairs]
         method = ("each resample draws the patients once and scores every seed's two runs on "
-                  "that draw; the statistic is the mean over seeds of B − A. The interval "
-                  "covers which test patients were drawn, given these trained seeds; how much "
-                  "the seeds disagree shows in the per-seed differences and in how many seeds "
-                  "B beat A.")
+                  "that draw; the statistic is the mean over seeds of B − A. [patients] "
+                  "covers which test patients were drawn, given these trained seeds: whether "
+                  "these models differ. [seeds and patients] also draws the seed pairs with "
+                  "replacement in each resample: whether the recipes differ, the question "
+                  "when comparing losses or settings (with few seeds it is coarse). Where "
+                  "only the first excludes 0, other seeds may well reverse the difference.")
     return "\n".join([
         f"# Comparison on the {split} split, {HEAD_NAMES[head]}", "",
         f"{len(rows)} runs evaluated on the same {n_slides} slides.", "", intro, "",
