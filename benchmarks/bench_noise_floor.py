@@ -116,6 +116,7 @@ def delta_rows(work: Path, results: Path, cohorts: list[str]) -> pd.DataFrame:
                 d = reseed_delta(folder, head)
                 rows.append({"cohort": cohort, "loss": loss, "head": head, "diff": d["diff"],
                              "ci_low": d["ci95"][0], "ci_high": d["ci95"][1],
+                             "seeds_low": d["ci95_seeds"][0], "seeds_high": d["ci95_seeds"][1],
                              "defaults_diff": None if defaults is None
                              else defaults.get((loss, head))})
     return pd.DataFrame(rows)
@@ -125,7 +126,12 @@ def _cell(r: pd.Series) -> str:
     if pd.isna(r["diff"]):
         return f"diverged ({r['diverged']})"
     return (("✗ " if r["diff"] < GOAL else "") + f"{r['diff']:+.3f} "
-            f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")
+            f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] [{r['seeds_low']:+.3f}, "
+            f"{r['seeds_high']:+.3f}]")
+
+
+def _excluding_zero(part: pd.DataFrame, low: str, high: str) -> int:
+    return int(((part[low] > 0) | (part[high] < 0)).sum())
 
 
 def _counts(d: pd.Series) -> str:
@@ -142,18 +148,22 @@ def noise_table(rows: pd.DataFrame) -> str:
         by = group.set_index("cohort")
         cells = [_cell(by.loc[c]) if c in by.index else "–" for c in cohorts]
         lines.append(f"| {loss} ({head}) | " + " | ".join(cells) + " |")
-    cols = "cells | misses | mean Δ | mean shortfall | worst Δ | sd of Δ"
-    lines += ["", f"| head | Δ of | {cols} |", "|" + "---|" * 8]
+    cols = ("cells | misses | mean Δ | mean shortfall | worst Δ | sd of Δ | intervals "
+            "excluding 0: patients | seeds and patients")
+    lines += ["", f"| head | Δ of | {cols} |", "|" + "---|" * 10]
     for name, mask in (("own head", rows["head"] != "linear_probe"),
                        ("linear probe", rows["head"] == "linear_probe")):
         part = rows[mask & rows["diff"].notna()]
-        lines.append(f"| {name} | tuned, other seeds − tuned | {_counts(part['diff'])} |")
+        lines.append(f"| {name} | tuned, other seeds − tuned | {_counts(part['diff'])} | "
+                     f"{_excluding_zero(part, 'ci_low', 'ci_high')} | "
+                     f"{_excluding_zero(part, 'seeds_low', 'seeds_high')} |")
         known = part["defaults_diff"].dropna()
         if len(known):
-            lines.append(f"| {name} | defaults − tuned (goal.md) | {_counts(known)} |")
+            lines.append(f"| {name} | defaults − tuned (goal.md) | {_counts(known)} | | |")
     return ("The tuned recipe against itself: test macro-F1 of the tuned recipe trained with "
             "seeds 3, 4, 5 minus its seeds 0, 1, 2 (seed 3 paired with 0, 4 with 1, 5 with 2; "
-            "95 % interval over test patients, 300 replicates, as goal.md). Both sides are one "
+            "95 % intervals, 300 replicates: over test patients as in goal.md, then over "
+            "seeds and patients, compare's `ci95_seeds`). Both sides are one "
             "recipe, so every ✗ (a Δ below the goal's −0.03) is noise; the counts below give "
             "the goal table's misses at no difference, beside the defaults' on the same "
             "cells (a cell whose reseeded tuned recipe diverged has no Δ and is left out of "

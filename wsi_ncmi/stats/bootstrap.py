@@ -141,9 +141,9 @@ def seed_paired_difference(y: np.ndarray, scores_a: Sequence[np.ndarray],
     (A_s, B_s) with replacement (numpy ``default_rng([seed, 1])``, one draw per replicate, after
     the same patient draw) and averages B − A over them. It is the interval to read for "does
     recipe B beat recipe A", not "did these trained models differ": on the defaults study's
-    noise floor (one tuned recipe against itself with other seeds, 44 cells, 3 seeds each;
-    docs/training.md) ``ci95`` excluded 0 in 10 cells, ``ci95_seeds`` in none. With few seeds
-    it is coarse (3 seeds give 10 distinct draws); None for one seed.
+    noise floor (one tuned recipe against itself with other seeds, 88 cells and heads, 3 seeds
+    each; docs/training.md) ``ci95`` excluded 0 in 21, ``ci95_seeds`` in 1. With few seeds it
+    is coarse (3 seeds give 10 distinct draws); None for one seed.
 
     Returns ``{metric: {"a", "b" (means over seeds), "diff", "ci95": [lo, hi], "ci95_seeds":
     [lo, hi] or None, "n_valid", "n_seeds", "per_seed" (list of B − A), "b_better" (seeds with
