@@ -64,6 +64,8 @@ REPO = Path(__file__).resolve().parent.parent
 #: the head each loss validates with during training (and tune selects on)
 OWN_HEAD = {"ncmi": "centroid", "supcon": "centroid"}
 TUNE_SETTINGS = {"startup_trials": 4, "prune_after_trials": 3}
+#: what ``compare`` returns changed (2: the interval over seeds too): older caches are redone
+COMPARE_CACHE_VERSION = 2
 
 log = logging.getLogger("bench_defaults")
 
@@ -223,7 +225,7 @@ def compared(runs: list[Path], out: Path, head: str,
     ``runs``) and pairs, read back from ``out/table_cache.json`` when the same runs,
     evaluations and ``n_boot`` were compared before (a table over many losses is rebuilt in
     seconds)."""
-    key = {"runs": [str(r) for r in runs], "n_boot": n_boot,
+    key = {"runs": [str(r) for r in runs], "n_boot": n_boot, "version": COMPARE_CACHE_VERSION,
            "evals": [(r / "eval" / "test" / "seeds.csv").stat().st_mtime for r in runs]}
     cache = out / "table_cache.json"
     if cache.is_file():

@@ -1,9 +1,10 @@
 """NCMI against CE in the defaults study's runs: seed-paired, on the same head.
 
-For each learnable cohort and recipe pair of :data:`RECIPES` that both losses ran, ``compare``
-(300 bootstrap resamples of test patients shared by the seeds) of ``ce/<recipe>`` against
-``ncmi/<recipe>`` on the linear-probe and centroid heads, which both losses have: NCMI − CE
-test macro-F1, its 95 % interval, and the seeds NCMI won; then each loss's own head (NCMI:
+For each learnable cohort (and the large-bag one CE and NCMI ran on) and recipe pair of
+:data:`RECIPES` that both losses ran, ``compare`` (300 bootstrap resamples of test patients
+shared by the seeds) of ``ce/<recipe>`` against ``ncmi/<recipe>`` on the linear-probe and
+centroid heads, which both losses have: NCMI − CE test macro-F1, its 95 % intervals (over
+patients; over seeds and patients), and the seeds NCMI won; then each loss's own head (NCMI:
 centroid, CE: classifier), mean over seeds, which are not comparable pairwise. Writes
 ``--results/ncmi_vs_ce.md``.
 
@@ -20,7 +21,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_defaults import add_study_paths, compared, first_config, is_evaluated  # noqa: E402
-from study_cohorts import LEARNABLE  # noqa: E402
+from study_cohorts import CE_NCMI_ONLY, LEARNABLE  # noqa: E402
 from study_recipes import LR_RECIPES  # noqa: E402
 
 from wsi_ncmi.formats.config import LR_GRID  # noqa: E402
@@ -58,8 +59,10 @@ def pair_rows(work: Path, cohort: str, recipe: str) -> list[str]:
         d = pairs[0]["macro_f1"]  # b − a = NCMI − CE
         own = {loss: r["macro_f1"]["value"] for loss, r in zip(("ce", "ncmi"), rows,
                                                                 strict=True)}
+        lo, hi = d["ci95_seeds"]
         lines.append(f"| {cohort} | {recipe} | {lrs} | {head.replace('_', ' ')} | "
-                     f"{d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
+                     f"{d['diff']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
+                     f"[{lo:+.3f}, {hi:+.3f}] | "
                      f"{d['b_better']}/{d['n_seeds']} | {own['ncmi']:.3f} / {own['ce']:.3f} |")
     return lines
 
@@ -87,7 +90,8 @@ def main() -> None:
     lines = ["# NCMI against CE on the cohorts where training learns (seed-paired)", "",
              "From the runs of `bench_defaults.py` (seeds 0, 1, 2; the same split for both "
              "losses), `python benchmarks/bench_ncmi_vs_ce.py`. Δ = NCMI − CE test macro-F1 "
-             "on the same head [95 % interval, 300 resamples of test patients]; won: seeds in "
+             "on the same head [95 % interval, 300 resamples of test patients] [95 % interval "
+             "over seeds and patients: the one for which loss is better]; won: seeds in "
              "which NCMI scored higher. `defaults_lr1e3`: the defaults at the common lr 1e-3; "
              "`loss_lr`: each loss at its single default lr before `lr: auto` (NCMI 1e-2, CE "
              "1e-3); `auto_3lr`: `lr: auto` over 1e-3, 3e-3, 1e-2; `defaults`: `lr: auto` "
@@ -97,7 +101,7 @@ def main() -> None:
              "NCMI / CE |", "|---|---|---|---|---|---|---|"]
     own = ["", "Own heads (NCMI centroid / CE classifier), test macro-F1, means over seeds:", "",
            "| cohort | " + " | ".join(RECIPES) + " |", "|---|" + "---|" * len(RECIPES)]
-    for cohort in LEARNABLE:
+    for cohort in (*LEARNABLE, *CE_NCMI_ONLY):
         for recipe in RECIPES:
             lines += pair_rows(args.work, cohort, recipe)
         own.append(f"| {cohort} | " + " | ".join(own_heads(args.work, cohort, r) or "–"

@@ -12,7 +12,7 @@ the goal table counts when two recipes are equally good.
 Steps: ``runs`` trains and evaluates ``tuned_reseed`` where ``tuned`` is evaluated (skipping
 what is done); ``table`` writes ``--results/noise_floor.md``: Δ per cohort, loss and head, and
 per head the misses, mean Δ, mean shortfall and worst Δ beside the defaults' on the same
-cells (from ``--results/<cohort>.csv``).
+cells, each with both of ``compare``'s intervals.
 
     python benchmarks/bench_noise_floor.py runs --losses ce,ncmi
     python benchmarks/bench_noise_floor.py table
@@ -83,26 +83,26 @@ def reseed_cell(work: Path, results: Path, cohort: str, loss: str, seeds: list[i
     return out
 
 
-def reseed_delta(folder: Path, head: str) -> dict:
-    """Macro-F1 of ``tuned_reseed`` − ``tuned`` on test with ``head``, the i-th seed of each
-    paired (:func:`~wsi_ncmi.stats.bootstrap.seed_paired_difference`)."""
+def paired_delta(folder: Path, head: str, a: str, b: str) -> dict:
+    """Macro-F1 of run ``b`` − run ``a`` of a cohort's loss folder on test with ``head``, the
+    i-th seed of each paired (:func:`~wsi_ncmi.stats.bootstrap.seed_paired_difference`, as
+    ``compare`` on runs of the same seeds): the value and both intervals."""
     groups = {name: [load_evaluated(run, "test", head, f"{name} (seed {s})")
                      for s, run in seed_runs(folder / name).items()]
-              for name in ("tuned", RESEED)}
+              for name in (a, b)}
     check_comparable([e for g in groups.values() for e in g])
     y, scores, units = paired_inputs(groups)
-    return seed_paired_difference(y, scores["tuned"], scores[RESEED], units, N_BOOT,
-                                  0)["macro_f1"]
+    d = seed_paired_difference(y, scores[a], scores[b], units, N_BOOT, 0)["macro_f1"]
+    return {"diff": d["diff"], "ci_low": d["ci95"][0], "ci_high": d["ci95"][1],
+            "seeds_low": d["ci95_seeds"][0], "seeds_high": d["ci95_seeds"][1]}
 
 
-def delta_rows(work: Path, results: Path, cohorts: list[str]) -> pd.DataFrame:
-    """Per cohort, loss and head with both runs: the reseed Δ and the defaults' Δ to tuned
-    (``results/<cohort>.csv``)."""
+def delta_rows(work: Path, cohorts: list[str]) -> pd.DataFrame:
+    """Per cohort, loss and head with the three runs: the reseeded tuned recipe's Δ to tuned
+    and the defaults' (columns prefixed ``defaults_``); a diverged reseed gets a row without
+    Δ."""
     rows = []
     for cohort in cohorts:
-        table = results / f"{cohort}.csv"
-        defaults = (pd.read_csv(table).query("recipe == 'defaults'")
-                    .set_index(["loss", "head"])["diff_vs_tuned"] if table.is_file() else None)
         for loss in LOSS_LR:
             folder = work / "runs" / cohort / loss
             if (folder / RESEED / DIVERGED).is_file():
@@ -110,15 +110,13 @@ def delta_rows(work: Path, results: Path, cohorts: list[str]) -> pd.DataFrame:
                              "diff": None, "diverged": (folder / RESEED / DIVERGED)
                              .read_text().split(":")[0]})
                 continue
-            if not (is_evaluated(folder / "tuned") and is_evaluated(folder / RESEED)):
+            if not all(is_evaluated(folder / r) for r in ("tuned", RESEED, "defaults")):
                 continue
             for head in (own_head(loss), "linear_probe"):
-                d = reseed_delta(folder, head)
-                rows.append({"cohort": cohort, "loss": loss, "head": head, "diff": d["diff"],
-                             "ci_low": d["ci95"][0], "ci_high": d["ci95"][1],
-                             "seeds_low": d["ci95_seeds"][0], "seeds_high": d["ci95_seeds"][1],
-                             "defaults_diff": None if defaults is None
-                             else defaults.get((loss, head))})
+                defaults = paired_delta(folder, head, "tuned", "defaults")
+                rows.append({"cohort": cohort, "loss": loss, "head": head,
+                             **paired_delta(folder, head, "tuned", RESEED),
+                             **{f"defaults_{k}": v for k, v in defaults.items()}})
     return pd.DataFrame(rows)
 
 
@@ -130,14 +128,16 @@ def _cell(r: pd.Series) -> str:
             f"{r['seeds_high']:+.3f}]")
 
 
-def _excluding_zero(part: pd.DataFrame, low: str, high: str) -> int:
-    return int(((part[low] > 0) | (part[high] < 0)).sum())
-
-
-def _counts(d: pd.Series) -> str:
-    d = d.dropna()
-    return (f"{len(d)} | {int((d < GOAL).sum())} | {d.mean():+.3f} | "
-            f"{(GOAL - d).clip(lower=0).mean():.4f} | {d.min():+.3f} | {d.std():.3f}")
+def _counts(part: pd.DataFrame, prefix: str = "") -> str:
+    """Misses, mean Δ, mean shortfall, worst Δ, sd of Δ, then per interval (patients; seeds
+    and patients) how many exclude 0 and how many lie above the goal (a ✓ in goal.md)."""
+    d = part[prefix + "diff"]
+    cells = [len(d), int((d < GOAL).sum()), f"{d.mean():+.3f}",
+             f"{(GOAL - d).clip(lower=0).mean():.4f}", f"{d.min():+.3f}", f"{d.std():.3f}"]
+    for low, high in (("ci_low", "ci_high"), ("seeds_low", "seeds_high")):
+        lo, hi = part[prefix + low], part[prefix + high]
+        cells += [int(((lo > 0) | (hi < 0)).sum()), int((lo >= GOAL).sum())]
+    return " | ".join(map(str, cells))
 
 
 def noise_table(rows: pd.DataFrame) -> str:
@@ -148,26 +148,23 @@ def noise_table(rows: pd.DataFrame) -> str:
         by = group.set_index("cohort")
         cells = [_cell(by.loc[c]) if c in by.index else "–" for c in cohorts]
         lines.append(f"| {loss} ({head}) | " + " | ".join(cells) + " |")
-    cols = ("cells | misses | mean Δ | mean shortfall | worst Δ | sd of Δ | intervals "
-            "excluding 0: patients | seeds and patients")
-    lines += ["", f"| head | Δ of | {cols} |", "|" + "---|" * 10]
+    cols = ("cells | misses | mean Δ | mean shortfall | worst Δ | sd of Δ | patients: "
+            "excluding 0 | patients: above −0.03 | seeds and patients: excluding 0 | seeds and "
+            "patients: above −0.03")
+    lines += ["", f"| head | Δ of | {cols} |", "|" + "---|" * 12]
     for name, mask in (("own head", rows["head"] != "linear_probe"),
                        ("linear probe", rows["head"] == "linear_probe")):
         part = rows[mask & rows["diff"].notna()]
-        lines.append(f"| {name} | tuned, other seeds − tuned | {_counts(part['diff'])} | "
-                     f"{_excluding_zero(part, 'ci_low', 'ci_high')} | "
-                     f"{_excluding_zero(part, 'seeds_low', 'seeds_high')} |")
-        known = part["defaults_diff"].dropna()
-        if len(known):
-            lines.append(f"| {name} | defaults − tuned (goal.md) | {_counts(known)} | | |")
+        lines.append(f"| {name} | tuned, other seeds − tuned | {_counts(part)} |")
+        lines.append(f"| {name} | defaults − tuned | {_counts(part, 'defaults_')} |")
     return ("The tuned recipe against itself: test macro-F1 of the tuned recipe trained with "
             "seeds 3, 4, 5 minus its seeds 0, 1, 2 (seed 3 paired with 0, 4 with 1, 5 with 2; "
             "95 % intervals, 300 replicates: over test patients as in goal.md, then over "
-            "seeds and patients, compare's `ci95_seeds`). Both sides are one "
-            "recipe, so every ✗ (a Δ below the goal's −0.03) is noise; the counts below give "
-            "the goal table's misses at no difference, beside the defaults' on the same "
-            "cells (a cell whose reseeded tuned recipe diverged has no Δ and is left out of "
-            "both counts).\n\n" + "\n".join(lines) + "\n")
+            "seeds and patients, compare's `ci95_seeds`). Both sides are one recipe, so every "
+            "✗ (a Δ below the goal's −0.03) and every interval that excludes 0 is noise. The "
+            "counts below set its misses beside the defaults' (goal.md's Δ, recomputed with "
+            "both intervals) on the same cells; a cell whose reseeded tuned recipe diverged "
+            "has no Δ and is left out of both.\n\n" + "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -188,7 +185,7 @@ def main() -> None:
             for loss in args.losses.split(","):
                 reseed_cell(args.work, args.results, cohort, loss, seeds, timer)
         return
-    rows = delta_rows(args.work, args.results, cohorts)
+    rows = delta_rows(args.work, cohorts)
     (args.results / "noise_floor.md").write_text(noise_table(rows))
     log.info("wrote %s (%d cells)", args.results / "noise_floor.md", len(rows))
 
