@@ -197,8 +197,8 @@ def render(rows: list[dict], claim: str, baseline: str, split: str, fold: int | 
              f"Metrics: mean over seeds [95 % interval, {n_boot} resamples of patients "
              f"shared by every seed]. Δ: {claim} − {baseline}, paired by seed and patient, "
              "with two 95 % intervals: the first over patients, given these trained seeds; "
-             "the second also resamples the seeds, and is the one that says whether the loss "
-             "beats the baseline rather than these models theirs. "
+             "the second also resamples the seeds and says whether the loss beats the "
+             "baseline, not only whether these trained models do. "
              f"'won': seeds where {claim} scored higher.", "",
              *table(("head", "loss", "role", "val macro-F1", "macro-F1", "AUC",
                      "Δ macro-F1", "Δ AUC", "won"), body)]
