@@ -38,7 +38,7 @@ from bench_defaults import (  # noqa: E402
     recipe_config,
 )
 from study_cohorts import LEARNABLE, cohort_task  # noqa: E402
-from study_tables import GOAL  # noqa: E402
+from study_tables import GOAL, cells_by, miss_stats  # noqa: E402
 
 from wsi_ncmi.formats.config import LOSS_LR  # noqa: E402
 from wsi_ncmi.formats.seedruns import is_multi_seed, seed_dir, seed_runs  # noqa: E402
@@ -120,20 +120,19 @@ def delta_rows(work: Path, cohorts: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _cell(r: pd.Series) -> str:
-    if pd.isna(r["diff"]):
-        return f"diverged ({r['diverged']})"
-    return (("✗ " if r["diff"] < GOAL else "") + f"{r['diff']:+.3f} "
-            f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] [{r['seeds_low']:+.3f}, "
-            f"{r['seeds_high']:+.3f}]")
+def _cell(r) -> str:
+    """One cohort's reseed Δ with both intervals (``r``: a row of :func:`delta_rows`)."""
+    if pd.isna(r.diff):
+        return f"diverged ({r.diverged})"
+    return (("✗ " if r.diff < GOAL else "") + f"{r.diff:+.3f} [{r.ci_low:+.3f}, "
+            f"{r.ci_high:+.3f}] [{r.seeds_low:+.3f}, {r.seeds_high:+.3f}]")
 
 
 def _counts(part: pd.DataFrame, prefix: str = "") -> str:
     """Misses, mean Δ, mean shortfall, worst Δ, sd of Δ, then per interval (patients; seeds
     and patients) how many exclude 0 and how many lie above the goal (a ✓ in goal.md)."""
     d = part[prefix + "diff"]
-    cells = [len(d), int((d < GOAL).sum()), f"{d.mean():+.3f}",
-             f"{(GOAL - d).clip(lower=0).mean():.4f}", f"{d.min():+.3f}", f"{d.std():.3f}"]
+    cells = [miss_stats(d), f"{d.std():.3f}"]
     for low, high in (("ci_low", "ci_high"), ("seeds_low", "seeds_high")):
         lo, hi = part[prefix + low], part[prefix + high]
         cells += [int(((lo > 0) | (hi < 0)).sum()), int((lo >= GOAL).sum())]
@@ -145,8 +144,7 @@ def noise_table(rows: pd.DataFrame) -> str:
     cohorts = list(dict.fromkeys(rows["cohort"]))
     lines = ["| loss (head) | " + " | ".join(cohorts) + " |", "|" + "---|" * (1 + len(cohorts))]
     for (loss, head), group in rows.groupby(["loss", "head"], sort=False):
-        by = group.set_index("cohort")
-        cells = [_cell(by.loc[c]) if c in by.index else "–" for c in cohorts]
+        cells = cells_by(group, "cohort", cohorts, _cell)
         lines.append(f"| {loss} ({head}) | " + " | ".join(cells) + " |")
     cols = ("cells | misses | mean Δ | mean shortfall | worst Δ | sd of Δ | patients: "
             "excluding 0 | patients: above −0.03 | seeds and patients: excluding 0 | seeds and "
