@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from study_cohorts import COHORTS, cohort_task  # noqa: E402
+from study_cohorts import COHORTS, cohort_task, eval_batch_size  # noqa: E402
 from study_recipes import ASSEMBLED_ONLY, CANDIDATES, LR_RECIPES, OLD_DEFAULTS  # noqa: E402
 from study_tables import goal_table, markdown, screen_table, summary  # noqa: E402
 
@@ -74,11 +74,13 @@ def own_head(loss: str) -> str:
     return OWN_HEAD.get(loss, "classifier")
 
 
-def base_config(cohort_cfg: dict, loss: str) -> dict:
-    """The cohort's task and split, the loss, CPU; evaluation batches of 32 bags (all tiles,
-    masked: the same outputs as the default 4, fewer Python steps per epoch)."""
+def base_config(cohort: str, cohort_cfg: dict, loss: str) -> dict:
+    """The cohort's task and split, the loss, CPU; the cohort's evaluation batch
+    (:func:`study_cohorts.eval_batch_size`: all tiles, masked, so the same outputs at any
+    batch size up to float rounding)."""
     return deep_merge(cohort_cfg, {"loss": {"name": loss}, "device": "cpu",
-                                   "data": {"cache_max_gb": 4.0, "eval_batch_size": 32}})
+                                   "data": {"cache_max_gb": 4.0,
+                                            "eval_batch_size": eval_batch_size(cohort)}})
 
 
 def space_file(work: Path, loss: str) -> Path:
@@ -120,7 +122,7 @@ def tune_cell(work: Path, results: Path, cohort: str, loss: str, trials: int,
     features, manifest, cfg = cohort_task(cohort, work / "cohorts")
     out = work / "tune" / cohort / loss
     t0 = time.perf_counter()
-    tune_study(base_config(cfg, loss), out, features, manifest, space_file(work, loss),
+    tune_study(base_config(cohort, cfg, loss), out, features, manifest, space_file(work, loss),
                trials, seed=0)
     timer.record("tune", cohort, loss, time.perf_counter() - t0)
     copy = tuned_copy(results, cohort, loss)
@@ -134,7 +136,7 @@ def recipe_config(work: Path, cohort: str, loss: str, recipe: str,
     """The training config of ``recipe`` for ``loss`` on ``cohort``; ``tuned`` reads the
     tune's best.yaml in ``work``, else its copy under ``results`` (:func:`tuned_copy`)."""
     _, _, cfg = cohort_task(cohort, work / "cohorts")
-    base = base_config(cfg, loss)
+    base = base_config(cohort, cfg, loss)
     if recipe == "defaults":
         return base
     if recipe == "old_defaults":
