@@ -1,12 +1,12 @@
 """NCMI against CE in the defaults study's runs: seed-paired, on the same head.
 
-For each learnable cohort (and the large-bag one CE and NCMI ran on) and recipe pair of
-:data:`RECIPES` that both losses ran, ``compare`` (300 bootstrap resamples of test patients
-shared by the seeds) of ``ce/<recipe>`` against ``ncmi/<recipe>`` on the linear-probe and
-centroid heads, which both losses have: NCMI − CE test macro-F1, its 95 % intervals (over
-patients; over seeds and patients), and the seeds NCMI won; then each loss's own head (NCMI:
-centroid, CE: classifier), mean over seeds, which are not comparable pairwise. Writes
-``--results/ncmi_vs_ce.md``.
+For each learnable cohort (and the held-out large-bag one, ``study_cohorts.HELD_OUT``) and
+recipe pair of :data:`RECIPES` that both losses ran, ``compare`` (300 bootstrap resamples of
+test patients shared by the seeds) of ``ce/<recipe>`` against ``ncmi/<recipe>`` on the
+linear-probe and centroid heads, which both losses have: NCMI − CE test macro-F1, its 95 %
+intervals (over patients; over seeds and patients), and the seeds NCMI won; then each loss's
+own head (NCMI: centroid, CE: classifier), mean over seeds, which are not comparable pairwise.
+Writes ``--results/ncmi_vs_ce.md``.
 
     python benchmarks/bench_ncmi_vs_ce.py
 """
@@ -21,7 +21,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_defaults import add_study_paths, compared, first_config, is_evaluated  # noqa: E402
-from study_cohorts import CE_NCMI_ONLY, LEARNABLE  # noqa: E402
+from study_cohorts import HELD_OUT, LEARNABLE  # noqa: E402
 from study_recipes import LR_RECIPES  # noqa: E402
 
 from wsi_ncmi.formats.config import LR_GRID  # noqa: E402
@@ -101,7 +101,7 @@ def main() -> None:
              "NCMI / CE |", "|---|---|---|---|---|---|---|"]
     own = ["", "Own heads (NCMI centroid / CE classifier), test macro-F1, means over seeds:", "",
            "| cohort | " + " | ".join(RECIPES) + " |", "|---|" + "---|" * len(RECIPES)]
-    for cohort in (*LEARNABLE, *CE_NCMI_ONLY):
+    for cohort in (*LEARNABLE, *HELD_OUT):
         for recipe in RECIPES:
             lines += pair_rows(args.work, cohort, recipe)
         own.append(f"| {cohort} | " + " | ".join(own_heads(args.work, cohort, r) or "–"

@@ -37,7 +37,7 @@ from bench_defaults import (  # noqa: E402
     own_head,
     recipe_config,
 )
-from study_cohorts import LEARNABLE, cohort_task  # noqa: E402
+from study_cohorts import HELD_OUT, LEARNABLE, cohort_task  # noqa: E402
 from study_tables import GOAL, cells_by, miss_stats  # noqa: E402
 
 from wsi_ncmi.formats.config import LOSS_LR  # noqa: E402
@@ -168,7 +168,7 @@ def noise_table(rows: pd.DataFrame) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("runs", "table"))
-    parser.add_argument("--cohorts", default=",".join(LEARNABLE))
+    parser.add_argument("--cohorts", default=",".join((*LEARNABLE, *HELD_OUT)))
     parser.add_argument("--losses", default=",".join(LOSS_LR))
     parser.add_argument("--seeds", default="3,4,5")
     add_study_paths(parser)
